@@ -1,0 +1,525 @@
+"""ACB-MSE: the per-class statistics and the class-balanced loss built on them.
+
+Everything numeric in this package goes through :func:`class_stats` (per-class
+sums and counts, which merge by addition) and :func:`balanced_loss` (the
+formula).  The loss, ``acbmse eval`` and ``acbmse curves`` all call these two.
+
+This module depends on torch only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ACBLoss",
+    "ACBMSELoss",
+    "ClassStats",
+    "acb_mse_loss",
+    "balanced_loss",
+    "class_stats",
+]
+
+Reduction = Literal["mean", "none", "sum"]
+_REDUCTIONS: tuple[str, ...] = ("mean", "none", "sum")
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _check_weight(name: str, value: object) -> float:
+    """A class weight: a finite, non-negative real number."""
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    try:
+        fvalue = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(fvalue) or fvalue < 0:
+        raise ValueError(f"{name} must be finite and non-negative, got {value!r}")
+    return fvalue
+
+
+def _check_threshold(value: object) -> float:
+    try:
+        fvalue = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"hit_threshold must be a real number, got {value!r}") from None
+    if not math.isfinite(fvalue) or fvalue < 0:
+        raise ValueError(f"hit_threshold must be finite and non-negative, got {value!r}")
+    return fvalue
+
+
+def _check_class_weights(class_weights: object) -> tuple[float, ...]:
+    if isinstance(class_weights, Tensor):
+        if class_weights.ndim != 1:
+            raise ValueError(
+                f"class_weights must be one-dimensional, got shape {tuple(class_weights.shape)}"
+            )
+        items: list[object] = list(class_weights.detach().cpu().tolist())
+    elif isinstance(class_weights, (str, bytes)) or not isinstance(class_weights, Sequence):
+        raise ValueError(f"class_weights must be a sequence of numbers, got {class_weights!r}")
+    else:
+        items = list(class_weights)
+    if not items:
+        raise ValueError("class_weights must name at least one class, got an empty sequence")
+    return tuple(_check_weight(f"class_weights[{i}]", w) for i, w in enumerate(items))
+
+
+def _check_reduction(reduction: object, per_sample: bool) -> str:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, _REDUCTIONS))}, got {reduction!r}")
+    if reduction == "sum" and not per_sample:
+        raise ValueError(
+            "reduction='sum' needs per_sample=True: with pooled classes the loss is already one "
+            "balanced scalar (use 'mean'), or 'none' for each element's contribution"
+        )
+    return str(reduction)
+
+
+def _check_pair(input: Tensor, target: Tensor) -> None:
+    if not isinstance(input, Tensor) or not isinstance(target, Tensor):
+        raise ValueError(
+            f"input and target must be tensors, got {type(input).__name__} and {type(target).__name__}"
+        )
+    if input.shape != target.shape:
+        raise ValueError(
+            f"input and target must have the same shape, got input {tuple(input.shape)} "
+            f"and target {tuple(target.shape)}"
+        )
+    if input.is_complex() or target.is_complex():
+        raise ValueError("input and target must be real, got a complex tensor")
+
+
+def _check_labels(labels: Tensor, target: Tensor, num_classes: int) -> None:
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"labels must be an integer tensor, got {type(labels).__name__}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if labels.shape != target.shape:
+        raise ValueError(
+            f"labels must have the target's shape {tuple(target.shape)}, got {tuple(labels.shape)}"
+        )
+    # The range check reads values back to the host: only where that costs no device sync.
+    if labels.device.type == "cpu" and labels.numel() and not torch.compiler.is_compiling():
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"labels must lie in [0, {num_classes}) for {num_classes} class_weights, "
+                f"got values from {low} to {high}"
+            )
+
+
+def accumulation_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype the statistics are summed in: at least float32, float64 kept."""
+    if any(d == torch.float64 for d in dtypes):
+        return torch.float64
+    return torch.float32
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """Per-class sufficient statistics of an error ``input - target``.
+
+    Every field is a tensor of shape ``(S, K)``: ``S`` groups (1 when classes
+    are pooled over the whole batch, the batch size with ``per_sample``) and
+    ``K`` classes.  Statistics of disjoint parts of the data merge with ``+``
+    (``max_abs_error`` by maximum), so they can be accumulated over chunks of a
+    file, files of a folder, or ranks of a distributed job.
+
+    ``count`` is int64 and exact; the sums are in the accumulation dtype.  The
+    fields after ``sse`` are filled only by ``class_stats(..., extended=True)``.
+    """
+
+    count: Tensor
+    sse: Tensor
+    sae: Tensor | None = None
+    max_abs_error: Tensor | None = None
+    sum_target: Tensor | None = None
+    sum_input: Tensor | None = None
+
+    def __add__(self, other: ClassStats) -> ClassStats:
+        merged: dict[str, Tensor | None] = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if a is None or b is None:
+                merged[f.name] = None
+            elif f.name == "max_abs_error":
+                merged[f.name] = torch.maximum(a, b)
+            else:
+                merged[f.name] = a + b
+        return ClassStats(**merged)  # type: ignore[arg-type]
+
+    def to(self, device: torch.device | str) -> ClassStats:
+        """The same statistics on another device."""
+        return ClassStats(
+            **{f.name: (None if (v := getattr(self, f.name)) is None else v.to(device)) for f in fields(self)}
+        )
+
+    def pooled(self) -> ClassStats:
+        """Pool the groups (dim 0) into one: shape ``(1, K)``."""
+        values: dict[str, Tensor | None] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                values[f.name] = None
+            elif f.name == "max_abs_error":
+                values[f.name] = v.amax(dim=0, keepdim=True)
+            else:
+                values[f.name] = v.sum(dim=0, keepdim=True)
+        return ClassStats(**values)  # type: ignore[arg-type]
+
+
+def _class_masks(
+    target2d: Tensor, hit_threshold: float, labels2d: Tensor | None, num_classes: int
+) -> list[Tensor]:
+    """Boolean masks, one per class, in label order (default: non-hit, hit)."""
+    if labels2d is None:
+        hit = target2d.abs() > hit_threshold
+        return [~hit, hit]
+    return [labels2d == c for c in range(num_classes)]
+
+
+def class_stats(
+    input: Tensor,
+    target: Tensor,
+    *,
+    hit_threshold: float = 0.0,
+    labels: Tensor | None = None,
+    num_classes: int | None = None,
+    per_sample: bool = False,
+    dtype: torch.dtype | None = None,
+    extended: bool = False,
+) -> ClassStats:
+    r"""Per-class counts and sums of squared error, the statistics ACB-MSE is made of.
+
+    Classes come from the target: non-hit (class 0) where
+    :math:`|y| \le` ``hit_threshold`` and hit (class 1) where :math:`|y| >`
+    ``hit_threshold``; or, with ``labels``, class ``labels[i]`` for element ``i``.
+
+    The sums are differentiable with respect to ``input`` and ``target``; the
+    class membership is not (it is piecewise constant).  Nothing here reads a
+    value back to the host, so it runs without device synchronisation.
+
+    Args:
+        input: the prediction :math:`\hat y`.
+        target: the truth :math:`y`, same shape as ``input``.
+        hit_threshold: elements with ``|target| > hit_threshold`` are hits.
+        labels: integer class of every element, same shape as ``target``.
+        num_classes: how many classes ``labels`` has (required with ``labels``).
+        per_sample: one group per sample (dim 0) instead of one for everything.
+        dtype: accumulation dtype; default float32, or float64 when an input is.
+        extended: also fill ``sae``, ``max_abs_error``, ``sum_target``, ``sum_input``.
+
+    Shape:
+        - Input: :math:`(*)`, or :math:`(N, *)` with ``per_sample``.
+        - Target, labels: same shape as the input.
+        - Output fields: :math:`(1, K)`, or :math:`(N, K)` with ``per_sample``.
+    """
+    _check_pair(input, target)
+    if labels is not None:
+        if num_classes is None:
+            raise ValueError("num_classes is required with labels")
+        _check_labels(labels, target, num_classes)
+        n_classes = num_classes
+    else:
+        n_classes = 2
+    if per_sample and input.ndim == 0:
+        raise ValueError("per_sample=True needs a batch dimension (dim 0), got a 0-dimensional input")
+    acc = dtype if dtype is not None else accumulation_dtype(input.dtype, target.dtype)
+
+    groups = input.shape[0] if per_sample else 1
+    x = input.reshape(groups, -1)
+    y = target.reshape(groups, -1)
+    diff = x.to(acc) - y.to(acc)
+    sq = diff * diff
+    masks = _class_masks(y, hit_threshold, None if labels is None else labels.reshape(groups, -1), n_classes)
+
+    count = torch.stack([m.sum(dim=1) for m in masks], dim=1)
+    sse = torch.stack([torch.where(m, sq, 0.0).sum(dim=1) for m in masks], dim=1)
+    if not extended:
+        return ClassStats(count=count, sse=sse)
+    err = diff.abs()
+    yf = y.to(acc)
+    xf = x.to(acc)
+    return ClassStats(
+        count=count,
+        sse=sse,
+        sae=torch.stack([torch.where(m, err, 0.0).sum(dim=1) for m in masks], dim=1),
+        max_abs_error=torch.stack(
+            [torch.where(m, err, 0.0).amax(dim=1) if err.shape[1] else err.new_zeros(groups) for m in masks],
+            dim=1,
+        ),
+        sum_target=torch.stack([torch.where(m, yf, 0.0).sum(dim=1) for m in masks], dim=1),
+        sum_input=torch.stack([torch.where(m, xf, 0.0).sum(dim=1) for m in masks], dim=1),
+    )
+
+
+def _class_coefficients(count: Tensor, weights: Sequence[float], dtype: torch.dtype) -> Tensor:
+    """``w_c / n_c`` for every group and class, 0 for empty classes. No host sync."""
+    coef = count.clamp(min=1).to(dtype).reciprocal()
+    for c, w in enumerate(weights):
+        if w != 1.0:
+            coef[:, c] *= w
+    return coef
+
+
+def balanced_loss(stats: ClassStats, weights: Sequence[float]) -> Tensor:
+    r"""The ACB-MSE formula: :math:`\sum_c w_c \, \mathrm{SSE}_c / n_c` for every group.
+
+    A class with no elements adds 0.  Returns shape ``(S,)``.
+    """
+    if len(weights) != stats.sse.shape[1]:
+        raise ValueError(f"need {stats.sse.shape[1]} class weights, got {len(weights)}")
+    coef = _class_coefficients(stats.count, weights, stats.sse.dtype)
+    return (stats.sse * coef).sum(dim=1)
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def _resolve_classes(
+    hit_weight: float,
+    nonhit_weight: float,
+    hit_threshold: float,
+    has_labels: bool,
+    class_weights: Sequence[float] | Tensor | None,
+) -> tuple[tuple[float, ...], float]:
+    """Validate the class options; return the weights in label order and the threshold."""
+    if not has_labels:
+        if class_weights is not None:
+            raise ValueError("class_weights needs labels: pass labels=, or use hit_weight/nonhit_weight")
+        a = _check_weight("hit_weight", hit_weight)
+        b = _check_weight("nonhit_weight", nonhit_weight)
+        return (b, a), _check_threshold(hit_threshold)
+    if class_weights is None:
+        raise ValueError("labels needs class_weights: one weight per class")
+    for name, value, default in (
+        ("hit_weight", hit_weight, 1.0),
+        ("nonhit_weight", nonhit_weight, 1.0),
+        ("hit_threshold", hit_threshold, 0.0),
+    ):
+        if value != default:
+            raise ValueError(
+                f"{name}={value!r} has no meaning with labels: the classes and their weights "
+                "come from labels and class_weights"
+            )
+    return _check_class_weights(class_weights), 0.0
+
+
+def acb_mse_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    hit_weight: float = 1.0,
+    nonhit_weight: float = 1.0,
+    hit_threshold: float = 0.0,
+    labels: Tensor | None = None,
+    class_weights: Sequence[float] | Tensor | None = None,
+    per_sample: bool = False,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""Automatic class-balanced mean squared error.
+
+    The mean squared error of each class, weighted and added:
+
+    .. math::
+        \ell = \sum_c w_c \frac{1}{n_c} \sum_{i \in c} (y_i - \hat y_i)^2
+
+    With the default two classes, hits are the elements with
+    :math:`|y| >` ``hit_threshold`` and :math:`\ell = A\,\mathrm{MSE}_{hit} +
+    B\,\mathrm{MSE}_{non\text{-}hit}`, ``A = hit_weight``, ``B = nonhit_weight``.
+    Each class counts the same whatever its size.  A class with no elements
+    adds 0; a NaN or Inf in ``input`` or ``target`` shows in the result.
+
+    Args:
+        input: prediction :math:`\hat y`, floating point.
+        target: truth :math:`y`, same shape as ``input``.
+        hit_weight: A, weight of the hit class.
+        nonhit_weight: B, weight of the non-hit class.
+        hit_threshold: an element is a hit when ``|target| > hit_threshold``.
+        labels: for n classes, the integer class of every element, in ``[0, K)``.
+        class_weights: the K weights :math:`w_c`, required with ``labels``.
+        per_sample: balance each sample (dim 0) on its own instead of the pooled batch.
+        reduction: ``'mean'``: the balanced loss (the mean over samples with
+            ``per_sample``); ``'none'``: each element's contribution
+            :math:`w_c (y_i - \hat y_i)^2 / n_c` (summing to the loss), or each
+            sample's loss with ``per_sample``; ``'sum'``: the sum over samples
+            (``per_sample`` only).
+
+    Shape:
+        - Input: :math:`(*)`; :math:`(N, *)` with ``per_sample``.
+        - Target, labels: same shape as the input.
+        - Output: scalar; :math:`(*)` for ``'none'``; :math:`(N)` for ``'none'`` with ``per_sample``.
+
+    Half-precision inputs are summed in float32 and give a float32 result.
+
+    Example::
+
+        >>> import torch
+        >>> from acbmse_cli import acb_mse_loss
+        >>> target = torch.tensor([0.0, 0.0, 0.0, 100.0])
+        >>> blank = torch.zeros(4)
+        >>> acb_mse_loss(blank, target)  # the missed hit costs as much as a whole class
+        tensor(10000.)
+        >>> torch.nn.functional.mse_loss(blank, target)
+        tensor(2500.)
+    """
+    _check_pair(input, target)
+    weights, threshold = _resolve_classes(
+        hit_weight, nonhit_weight, hit_threshold, labels is not None, class_weights
+    )
+    reduction = _check_reduction(reduction, per_sample)  # type: ignore[assignment]
+    if not input.is_floating_point():
+        raise ValueError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+
+    stats = class_stats(
+        input,
+        target,
+        hit_threshold=threshold,
+        labels=labels,
+        num_classes=len(weights),
+        per_sample=per_sample,
+    )
+    if per_sample:
+        losses = balanced_loss(stats, weights)
+        if reduction == "none":
+            return losses
+        if reduction == "sum":
+            return losses.sum()
+        return losses.sum() / max(losses.shape[0], 1)
+    if reduction == "none":
+        return _element_contributions(input, target, stats, weights, threshold, labels)
+    return balanced_loss(stats, weights)[0]
+
+
+def _element_contributions(
+    input: Tensor,
+    target: Tensor,
+    stats: ClassStats,
+    weights: Sequence[float],
+    threshold: float,
+    labels: Tensor | None,
+) -> Tensor:
+    """``w_c (y_i - yhat_i)^2 / n_c`` for every element, in the input's shape."""
+    acc = stats.sse.dtype
+    coef = _class_coefficients(stats.count, weights, acc)[0]
+    if labels is None:
+        per_element = torch.where(target.abs() > threshold, coef[1], coef[0])
+    else:
+        per_element = coef[labels.long()]
+    diff = input.to(acc) - target.to(acc)
+    return per_element * diff * diff
+
+
+class ACBMSELoss(nn.Module):
+    r"""Automatic class-balanced MSE as a module; see :func:`acb_mse_loss`.
+
+    Stores the options (validated here, once) and calls :func:`acb_mse_loss`.
+
+    Example::
+
+        >>> import torch
+        >>> from acbmse_cli import ACBMSELoss
+        >>> loss_fn = ACBMSELoss(hit_weight=2.0)
+        >>> loss_fn(torch.zeros(4), torch.tensor([0.0, 0.0, 0.0, 1.0]))
+        tensor(2.)
+    """
+
+    def __init__(
+        self,
+        *,
+        hit_weight: float = 1.0,
+        nonhit_weight: float = 1.0,
+        hit_threshold: float = 0.0,
+        labels: Tensor | None = None,
+        class_weights: Sequence[float] | Tensor | None = None,
+        per_sample: bool = False,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__()
+        if class_weights is None and labels is not None:
+            raise ValueError("labels needs class_weights: one weight per class")
+        # With class_weights, labels may be fixed here or passed to each forward call.
+        weights, _ = _resolve_classes(
+            hit_weight, nonhit_weight, hit_threshold, class_weights is not None, class_weights
+        )
+        self.class_weights = None if class_weights is None else weights
+        self.hit_weight = _check_weight("hit_weight", hit_weight)
+        self.nonhit_weight = _check_weight("nonhit_weight", nonhit_weight)
+        self.hit_threshold = _check_threshold(hit_threshold)
+        self.labels = labels
+        self.per_sample = bool(per_sample)
+        self.reduction: Reduction = _check_reduction(reduction, self.per_sample)  # type: ignore[assignment]
+
+    def forward(self, input: Tensor, target: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The loss of ``input`` against ``target`` (``labels``: this call's classes)."""
+        labels = self.labels if labels is None else labels
+        if self.class_weights is not None and labels is None:
+            raise ValueError("this loss has class_weights: forward needs labels")
+        return acb_mse_loss(
+            input,
+            target,
+            hit_weight=self.hit_weight,
+            nonhit_weight=self.nonhit_weight,
+            hit_threshold=self.hit_threshold,
+            labels=labels,
+            class_weights=self.class_weights,
+            per_sample=self.per_sample,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        if self.class_weights is not None:
+            options = f"class_weights={self.class_weights}"
+        else:
+            options = (
+                f"hit_weight={self.hit_weight}, nonhit_weight={self.nonhit_weight}, "
+                f"hit_threshold={self.hit_threshold}"
+            )
+        return f"{options}, per_sample={self.per_sample}, reduction={self.reduction!r}"
+
+
+class ACBLoss(nn.Module):
+    """Drop-in replacement for ``acb_mse.ACBLoss`` of the acb-mse 1.0.6 package.
+
+    Same arguments in the same order: ``zero_weighting`` weighs the pixels where
+    the target is zero (the non-hit weight B), ``nonzero_weighting`` the others
+    (the hit weight A).  Same value wherever the original returns one; where the
+    original returns the Python int ``0`` (no elements) this returns a zero
+    tensor, and where it replaces a NaN class loss by 0 this lets the NaN show.
+
+    Example::
+
+        >>> import torch
+        >>> from acbmse_cli import ACBLoss
+        >>> ACBLoss(zero_weighting=1, nonzero_weighting=1)(torch.zeros(4), torch.tensor([0.0, 0.0, 0.0, 100.0]))
+        tensor(10000.)
+    """
+
+    def __init__(self, zero_weighting: float = 1.0, nonzero_weighting: float = 1.0) -> None:
+        super().__init__()
+        self.zero_weighting = _check_weight("zero_weighting", zero_weighting)
+        self.nonzero_weighting = _check_weight("nonzero_weighting", nonzero_weighting)
+
+    def forward(self, reconstructed_image: Tensor, target_image: Tensor) -> Tensor:
+        """The balanced loss of the reconstruction against the target."""
+        return acb_mse_loss(
+            reconstructed_image,
+            target_image,
+            hit_weight=self.nonzero_weighting,
+            nonhit_weight=self.zero_weighting,
+        )
+
+    def extra_repr(self) -> str:
+        return f"zero_weighting={self.zero_weighting}, nonzero_weighting={self.nonzero_weighting}"
