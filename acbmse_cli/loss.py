@@ -24,6 +24,7 @@ __all__ = [
     "acb_mse_loss",
     "balanced_loss",
     "class_stats",
+    "detection_counts",
 ]
 
 Reduction = Literal["mean", "none", "sum"]
@@ -523,3 +524,26 @@ class ACBLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"zero_weighting={self.zero_weighting}, nonzero_weighting={self.nonzero_weighting}"
+
+
+def detection_counts(
+    input: Tensor,
+    target: Tensor,
+    *,
+    hit_threshold: float = 0.0,
+    detect_threshold: float,
+    per_sample: bool = False,
+) -> Tensor:
+    """True positives, false positives and false negatives of "input > detect_threshold" as a hit detector.
+
+    The truth is the hit class of :func:`class_stats` (``|target| > hit_threshold``).
+    Returns int64 counts of shape ``(S, 3)``: ``[tp, fp, fn]`` per group; they merge by addition.
+    """
+    _check_pair(input, target)
+    groups = input.shape[0] if per_sample else 1
+    detected = input.reshape(groups, -1) > detect_threshold
+    truth = target.reshape(groups, -1).abs() > hit_threshold
+    tp = (detected & truth).sum(dim=1)
+    fp = detected.sum(dim=1) - tp
+    fn = truth.sum(dim=1) - tp
+    return torch.stack([tp, fp, fn], dim=1)
