@@ -23,7 +23,9 @@ __all__ = [
     "class_stats",
 ]
 
-_LOSS_NAMES = frozenset({"ACBLoss", "ACBMSELoss", "ClassStats", "acb_mse_loss", "balanced_loss", "class_stats"})
+_LOSS_NAMES = frozenset(
+    {"ACBLoss", "ACBMSELoss", "ClassStats", "acb_mse_loss", "balanced_loss", "class_stats"}
+)
 
 
 def __getattr__(name: str) -> Any:

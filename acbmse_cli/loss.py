@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,7 @@ __all__ = [
     "balanced_loss",
     "class_stats",
     "detection_counts",
+    "hit_mask",
 ]
 
 Reduction = Literal["mean", "none", "sum"]
@@ -35,6 +36,11 @@ _HALF_DTYPES = (torch.float16, torch.bfloat16)
 # --------------------------------------------------------------------------- options
 
 
+def _is_finite(value: float) -> bool:
+    # spelled with comparisons, which torch.compile can trace on symbolic floats (math.isfinite it cannot)
+    return value == value and abs(value) != math.inf
+
+
 def _check_weight(name: str, value: object) -> float:
     """A class weight: a finite, non-negative real number."""
     if isinstance(value, (bool, str, bytes)):
@@ -43,7 +49,7 @@ def _check_weight(name: str, value: object) -> float:
         fvalue = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"{name} must be a real number, got {value!r}") from None
-    if not math.isfinite(fvalue) or fvalue < 0:
+    if not _is_finite(fvalue) or fvalue < 0:
         raise ValueError(f"{name} must be finite and non-negative, got {value!r}")
     return fvalue
 
@@ -53,7 +59,7 @@ def _check_threshold(value: object) -> float:
         fvalue = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ValueError(f"hit_threshold must be a real number, got {value!r}") from None
-    if not math.isfinite(fvalue) or fvalue < 0:
+    if not _is_finite(fvalue) or fvalue < 0:
         raise ValueError(f"hit_threshold must be finite and non-negative, got {value!r}")
     return fvalue
 
@@ -61,9 +67,7 @@ def _check_threshold(value: object) -> float:
 def _check_class_weights(class_weights: object) -> tuple[float, ...]:
     if isinstance(class_weights, Tensor):
         if class_weights.ndim != 1:
-            raise ValueError(
-                f"class_weights must be one-dimensional, got shape {tuple(class_weights.shape)}"
-            )
+            raise ValueError(f"class_weights must be one-dimensional, got shape {tuple(class_weights.shape)}")
         items: list[object] = list(class_weights.detach().cpu().tolist())
     elif isinstance(class_weights, (str, bytes)) or not isinstance(class_weights, Sequence):
         raise ValueError(f"class_weights must be a sequence of numbers, got {class_weights!r}")
@@ -150,7 +154,7 @@ class ClassStats:
     sum_input: Tensor | None = None
 
     def __add__(self, other: ClassStats) -> ClassStats:
-        merged: dict[str, Tensor | None] = {}
+        merged: dict[str, Any] = {}
         for f in fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
             if a is None or b is None:
@@ -159,17 +163,18 @@ class ClassStats:
                 merged[f.name] = torch.maximum(a, b)
             else:
                 merged[f.name] = a + b
-        return ClassStats(**merged)  # type: ignore[arg-type]
+        return ClassStats(**merged)
 
     def to(self, device: torch.device | str) -> ClassStats:
         """The same statistics on another device."""
-        return ClassStats(
-            **{f.name: (None if (v := getattr(self, f.name)) is None else v.to(device)) for f in fields(self)}
-        )
+        moved: dict[str, Any] = {
+            f.name: (None if (v := getattr(self, f.name)) is None else v.to(device)) for f in fields(self)
+        }
+        return ClassStats(**moved)
 
     def pooled(self) -> ClassStats:
         """Pool the groups (dim 0) into one: shape ``(1, K)``."""
-        values: dict[str, Tensor | None] = {}
+        values: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
             if v is None:
@@ -178,7 +183,35 @@ class ClassStats:
                 values[f.name] = v.amax(dim=0, keepdim=True)
             else:
                 values[f.name] = v.sum(dim=0, keepdim=True)
-        return ClassStats(**values)  # type: ignore[arg-type]
+        return ClassStats(**values)
+
+
+def _groups(shape: torch.Size, per_sample: bool) -> tuple[int, int]:
+    """``(S, M)``: the groups that are balanced on their own, and the elements in each."""
+    if per_sample:
+        return shape[0], math.prod(shape[1:])
+    return 1, math.prod(shape)
+
+
+def _threshold_in(dtype: torch.dtype, hit_threshold: float) -> float:
+    """``hit_threshold`` rounded down to a value of ``dtype``.
+
+    torch compares a tensor with a Python float in the tensor's dtype, after
+    rounding the float to nearest; a value lying between the threshold and its
+    rounded-up copy would then be misclassified.  For a representable ``v``,
+    ``v > t`` holds exactly when ``v > round_down(t)``.
+    """
+    if not dtype.is_floating_point or dtype == torch.float64 or hit_threshold == 0.0:
+        return hit_threshold
+    rounded = torch.tensor(hit_threshold, dtype=torch.float64).to(dtype)
+    if float(rounded) > hit_threshold:
+        rounded = torch.nextafter(rounded, rounded.new_tensor(-math.inf))
+    return float(rounded)
+
+
+def hit_mask(target: Tensor, hit_threshold: float = 0.0) -> Tensor:
+    """The hit class: ``|target| > hit_threshold``, exactly, for any floating dtype."""
+    return target.abs() > _threshold_in(target.dtype, hit_threshold)
 
 
 def _class_masks(
@@ -186,7 +219,7 @@ def _class_masks(
 ) -> list[Tensor]:
     """Boolean masks, one per class, in label order (default: non-hit, hit)."""
     if labels2d is None:
-        hit = target2d.abs() > hit_threshold
+        hit = hit_mask(target2d, hit_threshold)
         return [~hit, hit]
     return [labels2d == c for c in range(num_classes)]
 
@@ -239,12 +272,14 @@ def class_stats(
         raise ValueError("per_sample=True needs a batch dimension (dim 0), got a 0-dimensional input")
     acc = dtype if dtype is not None else accumulation_dtype(input.dtype, target.dtype)
 
-    groups = input.shape[0] if per_sample else 1
-    x = input.reshape(groups, -1)
-    y = target.reshape(groups, -1)
+    groups, width = _groups(input.shape, per_sample)
+    x = input.reshape(groups, width)
+    y = target.reshape(groups, width)
     diff = x.to(acc) - y.to(acc)
     sq = diff * diff
-    masks = _class_masks(y, hit_threshold, None if labels is None else labels.reshape(groups, -1), n_classes)
+    masks = _class_masks(
+        y, hit_threshold, None if labels is None else labels.reshape(groups, width), n_classes
+    )
 
     count = torch.stack([m.sum(dim=1) for m in masks], dim=1)
     sse = torch.stack([torch.where(m, sq, 0.0).sum(dim=1) for m in masks], dim=1)
@@ -416,7 +451,7 @@ def _element_contributions(
     acc = stats.sse.dtype
     coef = _class_coefficients(stats.count, weights, acc)[0]
     if labels is None:
-        per_element = torch.where(target.abs() > threshold, coef[1], coef[0])
+        per_element = torch.where(hit_mask(target, threshold), coef[1], coef[0])
     else:
         per_element = coef[labels.long()]
     diff = input.to(acc) - target.to(acc)
@@ -504,7 +539,8 @@ class ACBLoss(nn.Module):
 
         >>> import torch
         >>> from acbmse_cli import ACBLoss
-        >>> ACBLoss(zero_weighting=1, nonzero_weighting=1)(torch.zeros(4), torch.tensor([0.0, 0.0, 0.0, 100.0]))
+        >>> loss_fn = ACBLoss(zero_weighting=1, nonzero_weighting=1)
+        >>> loss_fn(torch.zeros(4), torch.tensor([0.0, 0.0, 0.0, 100.0]))
         tensor(10000.)
     """
 
@@ -540,9 +576,9 @@ def detection_counts(
     Returns int64 counts of shape ``(S, 3)``: ``[tp, fp, fn]`` per group; they merge by addition.
     """
     _check_pair(input, target)
-    groups = input.shape[0] if per_sample else 1
-    detected = input.reshape(groups, -1) > detect_threshold
-    truth = target.reshape(groups, -1).abs() > hit_threshold
+    groups, width = _groups(input.shape, per_sample)
+    detected = input.reshape(groups, width) > _threshold_in(input.dtype, detect_threshold)
+    truth = hit_mask(target.reshape(groups, width), hit_threshold)
     tp = (detected & truth).sum(dim=1)
     fp = detected.sum(dim=1) - tp
     fn = truth.sum(dim=1) - tp
