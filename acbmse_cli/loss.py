@@ -10,7 +10,7 @@ This module depends on torch only.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -114,7 +114,8 @@ def _check_labels(labels: Tensor, target: Tensor, num_classes: int) -> None:
         )
     # The range check reads values back to the host: only where that costs no device sync.
     if labels.device.type == "cpu" and labels.numel() and not torch.compiler.is_compiling():
-        low, high = int(labels.min()), int(labels.max())
+        low_t, high_t = torch.aminmax(labels)
+        low, high = int(low_t), int(high_t)
         if low < 0 or high >= num_classes:
             raise ValueError(
                 f"labels must lie in [0, {num_classes}) for {num_classes} class_weights, "
@@ -214,14 +215,174 @@ def hit_mask(target: Tensor, hit_threshold: float = 0.0) -> Tensor:
     return target.abs() > _threshold_in(target.dtype, hit_threshold)
 
 
-def _class_masks(
-    target2d: Tensor, hit_threshold: float, labels2d: Tensor | None, num_classes: int
-) -> list[Tensor]:
-    """Boolean masks, one per class, in label order (default: non-hit, hit)."""
-    if labels2d is None:
-        hit = hit_mask(target2d, hit_threshold)
-        return [~hit, hit]
-    return [labels2d == c for c in range(num_classes)]
+def _hit_indicator(target2d: Tensor, hit_threshold: float, dtype: torch.dtype) -> Tensor:
+    """1.0 where ``|target| > hit_threshold``, else 0.0 (a NaN target is a non-hit), in ``dtype``.
+
+    Written as a comparison into a float tensor: on CPUs torch vectorises that, and not the
+    same comparison into a boolean mask, which also costs a conversion afterwards.
+    """
+    magnitude = target2d.detach().abs().to(dtype)
+    return torch.gt(magnitude, _threshold_in(dtype, hit_threshold), out=magnitude)
+
+
+class _Membership:
+    """Which class each element of an ``(S, M)`` view belongs to, as float 0/1 indicators.
+
+    Two classes need one indicator, the hit class; the non-hit part of any value ``v`` is
+    ``v - v * hit``, which is exact.  With labels, each class's indicator is made when it is
+    needed, in one reused buffer, so memory stays at a few tensors of the input's size.
+    """
+
+    def __init__(self, hit: Tensor | None, labels: Tensor | None, num_classes: int) -> None:
+        self.hit = hit  # float hit indicator, or None with labels
+        self.labels = labels  # float labels, or None for the two default classes
+        self.num_classes = num_classes
+
+    @classmethod
+    def of(
+        cls,
+        target2d: Tensor,
+        hit_threshold: float,
+        labels2d: Tensor | None,
+        num_classes: int,
+        dtype: torch.dtype,
+    ) -> _Membership:
+        """The classes of a target (and labels), with indicators in ``dtype``."""
+        if labels2d is None:
+            return cls(_hit_indicator(target2d, hit_threshold, dtype), None, 2)
+        # one conversion up front: comparisons of float labels are the fast ones
+        return cls(None, labels2d.to(dtype), num_classes)
+
+    def indicators(self) -> Iterator[tuple[int, Tensor]]:
+        """``(c, indicator of class c)`` for every class; the buffer is reused between classes."""
+        if self.hit is not None:
+            yield 1, self.hit
+            return
+        assert self.labels is not None
+        # autograd may keep an indicator for a double backward: then each class gets its own
+        reuse = not torch.is_grad_enabled()
+        buffer = torch.empty_like(self.labels)
+        for c in range(self.num_classes):
+            yield c, torch.eq(self.labels, c, out=buffer if reuse else torch.empty_like(self.labels))
+
+    def counts(self) -> Tensor:
+        """Per-group, per-class element counts, exact, as int64: shape ``(S, K)``."""
+        return self.counts_and_sums(None)[0]
+
+    def sums(self, values: Tensor) -> Tensor:
+        """Per-group, per-class sums of ``values``: shape ``(S, K)``."""
+        if self.hit is not None:
+            on_hits = values * self.hit
+            return torch.stack([(values - on_hits).sum(dim=1), on_hits.sum(dim=1)], dim=1)
+        sums = self.counts_and_sums(values)[1]
+        assert sums is not None
+        return sums
+
+    def counts_and_sums(self, values: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Exact int64 counts and, for ``values``, per-class sums; each class's indicator made once."""
+        indicator_any = self.hit if self.hit is not None else self.labels
+        assert indicator_any is not None
+        width = indicator_any.shape[1]
+        # float sums of 0/1 values are exact below 2**24 (float32) or 2**53 (float64) per group
+        count_dtype = None if width < 2**24 else torch.float64
+        if self.hit is not None:
+            hits = self.hit.sum(dim=1, dtype=count_dtype).to(torch.int64)
+            counts = torch.stack([width - hits, hits], dim=1)
+            return counts, None if values is None else self.sums(values)
+        part = None if values is None else torch.empty_like(values)
+        class_counts, class_sums = [], []
+        for _, indicator in self.indicators():
+            class_counts.append(indicator.sum(dim=1, dtype=count_dtype).to(torch.int64))
+            if values is not None:
+                class_sums.append(torch.mul(values, indicator, out=part).sum(dim=1))
+        return torch.stack(class_counts, dim=1), (torch.stack(class_sums, dim=1) if class_sums else None)
+
+    def maxima(self, values: Tensor) -> Tensor:
+        """Per-group, per-class maxima of non-negative ``values`` (0 for an empty class)."""
+        if values.shape[1] == 0:
+            return values.new_zeros(values.shape[0], self.num_classes)
+        if self.hit is not None:
+            on_hits = values * self.hit
+            return torch.stack([(values - on_hits).amax(dim=1), on_hits.amax(dim=1)], dim=1)
+        part = torch.empty_like(values)
+        return torch.stack(
+            [torch.mul(values, indicator, out=part).amax(dim=1) for _, indicator in self.indicators()], dim=1
+        )
+
+    def spread(self, per_class: Tensor) -> Tensor:
+        """Each element's entry of an ``(S, K)`` per-class tensor: shape ``(S, M)``.
+
+        Exact: every element receives its own class's value times 1, plus zeros.
+        """
+        if self.hit is not None:
+            non, hit = per_class[:, :1], per_class[:, 1:]
+            return torch.addcmul(non, self.hit, hit - non)
+        out: Tensor | None = None
+        for c, indicator in self.indicators():
+            value = per_class[:, c : c + 1]
+            if out is None:
+                out = indicator * value
+            elif torch.is_grad_enabled():
+                out = torch.addcmul(out, indicator, value)
+            else:
+                out.addcmul_(indicator, value)
+        assert out is not None
+        return out
+
+
+class _ClassSSE(torch.autograd.Function):
+    """Per-class sums of squared error and counts, with a two-pass backward.
+
+    Forward, two classes: ``d = x - y`` split exactly into its hit part ``d_h = d * hit`` and
+    non-hit part ``d_n = d - d_h``; SSE_hit = sum d_h^2, SSE_non = sum d_n^2.  Backward:
+    ``dL/dx = 2 (g_non d_n + g_hit d_h)``.  Buffers are reused in place: on CPUs a fresh
+    tensor of the input's size costs more than an arithmetic pass over it.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        y: Tensor,
+        labels: Tensor | None,
+        hit_threshold: float,
+        num_classes: int,
+    ) -> tuple[Tensor, Tensor]:
+        member = _Membership.of(y, hit_threshold, labels, num_classes, x.dtype)
+        diff = x - y
+        if member.hit is not None:
+            count = member.counts()  # before the indicator's buffer is reused below
+            on_hits = torch.mul(diff, member.hit, out=member.hit)
+            off_hits = diff.sub_(on_hits)  # buffers reused in place
+            square = on_hits * on_hits
+            sse_hit = square.sum(dim=1)
+            sse_non = torch.mul(off_hits, off_hits, out=square).sum(dim=1)
+            sse = torch.stack([sse_non, sse_hit], dim=1)
+            ctx.save_for_backward(x, y, labels, off_hits, on_hits)
+        else:
+            count, sse = member.counts_and_sums(diff * diff)  # type: ignore[assignment]
+            ctx.save_for_backward(x, y, labels, diff, member.labels)
+        ctx.hit_threshold = hit_threshold
+        ctx.num_classes = num_classes
+        ctx.mark_non_differentiable(count)
+        return sse, count
+
+    @staticmethod
+    def backward(ctx: Any, grad_sse: Tensor, _grad_count: Tensor | None) -> tuple[Tensor | None, ...]:
+        x, y, labels, first, second = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph: build the gradient from differentiable pieces (double backward works)
+            member = _Membership.of(y, ctx.hit_threshold, labels, ctx.num_classes, x.dtype)
+            grad = 2.0 * (x - y) * member.spread(grad_sse)
+        elif labels is None:
+            off_hits, on_hits = first, second
+            twice = grad_sse * 2.0
+            grad = torch.mul(off_hits, twice[:, :1]).addcmul_(on_hits, twice[:, 1:])
+        else:
+            diff, labels_f = first, second
+            grad = _Membership(None, labels_f, ctx.num_classes).spread(grad_sse * 2.0).mul_(diff)
+        need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        return (grad if need_x else None), (-grad if need_y else None), None, None, None
 
 
 def class_stats(
@@ -273,32 +434,23 @@ def class_stats(
     acc = dtype if dtype is not None else accumulation_dtype(input.dtype, target.dtype)
 
     groups, width = _groups(input.shape, per_sample)
-    x = input.reshape(groups, width)
-    y = target.reshape(groups, width)
-    diff = x.to(acc) - y.to(acc)
-    sq = diff * diff
-    masks = _class_masks(
-        y, hit_threshold, None if labels is None else labels.reshape(groups, width), n_classes
-    )
-
-    count = torch.stack([m.sum(dim=1) for m in masks], dim=1)
-    sse = torch.stack([torch.where(m, sq, 0.0).sum(dim=1) for m in masks], dim=1)
+    x = input.reshape(groups, width).to(acc)
+    y = target.reshape(groups, width).to(acc)
+    labels2d = None if labels is None else labels.reshape(groups, width)
+    sse, count = _ClassSSE.apply(x, y, labels2d, hit_threshold, n_classes)  # type: ignore[no-untyped-call]
     if not extended:
         return ClassStats(count=count, sse=sse)
-    err = diff.abs()
-    yf = y.to(acc)
-    xf = x.to(acc)
-    return ClassStats(
-        count=count,
-        sse=sse,
-        sae=torch.stack([torch.where(m, err, 0.0).sum(dim=1) for m in masks], dim=1),
-        max_abs_error=torch.stack(
-            [torch.where(m, err, 0.0).amax(dim=1) if err.shape[1] else err.new_zeros(groups) for m in masks],
-            dim=1,
-        ),
-        sum_target=torch.stack([torch.where(m, yf, 0.0).sum(dim=1) for m in masks], dim=1),
-        sum_input=torch.stack([torch.where(m, xf, 0.0).sum(dim=1) for m in masks], dim=1),
-    )
+    with torch.no_grad():
+        member = _Membership.of(y, hit_threshold, labels2d, n_classes, acc)
+        err = (x - y).abs_()
+        return ClassStats(
+            count=count,
+            sse=sse,
+            sae=member.sums(err),
+            max_abs_error=member.maxima(err),
+            sum_target=member.sums(y),
+            sum_input=member.sums(x),
+        )
 
 
 def _class_coefficients(count: Tensor, weights: Sequence[float], dtype: torch.dtype) -> Tensor:
