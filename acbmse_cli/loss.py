@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -516,6 +516,7 @@ def acb_mse_loss(
     class_weights: Sequence[float] | Tensor | None = None,
     per_sample: bool = False,
     reduction: Reduction = "mean",
+    sync_dist: bool = False,
 ) -> Tensor:
     r"""Automatic class-balanced mean squared error.
 
@@ -544,6 +545,16 @@ def acb_mse_loss(
             :math:`w_c (y_i - \hat y_i)^2 / n_c` (summing to the loss), or each
             sample's loss with ``per_sample``; ``'sum'``: the sum over samples
             (``per_sample`` only).
+        sync_dist: under an initialised ``torch.distributed`` process group, balance the
+            classes over the global batch (all ranks' inputs concatenated): every rank returns
+            the global-batch loss, and each rank's gradient with respect to its own input is
+            ``world_size`` times its slice of the global-batch gradient, so that
+            DistributedDataParallel's gradient averaging yields exactly the global-batch
+            gradient.  The class counts and sums are all-reduced (two small collectives; every
+            rank must call the loss and its backward).  With ``per_sample`` each sample is
+            balanced on its own anyway, and ``'mean'``/``'sum'`` reduce over the global batch;
+            ``'none'`` returns the local values (with global class counts for pooled classes).
+            Without a process group (or with one process) it changes nothing.
 
     Shape:
         - Input: :math:`(*)`; :math:`(N, *)` with ``per_sample``.
@@ -579,16 +590,77 @@ def acb_mse_loss(
         num_classes=len(weights),
         per_sample=per_sample,
     )
+    distributed = sync_dist and _world_size() > 1
     if per_sample:
         losses = balanced_loss(stats, weights)
+        if labels is not None:
+            losses = losses + _out_of_range_poison(stats, _groups(input.shape, True)[1])
         if reduction == "none":
             return losses
+        total = losses.sum()
+        if not distributed:
+            return total if reduction == "sum" else total / max(losses.shape[0], 1)
+        total = cast(Tensor, _AllReduceSum.apply(total))  # type: ignore[no-untyped-call]
         if reduction == "sum":
-            return losses.sum()
-        return losses.sum() / max(losses.shape[0], 1)
+            return total
+        # the global number of samples, kept on the device (reading it back would sync)
+        samples = _all_reduce_sum(torch.full((), losses.shape[0], dtype=total.dtype, device=total.device))
+        return total / samples.clamp(min=1)
+    if labels is not None:
+        poison = _out_of_range_poison(stats, input.numel())
+    if distributed:
+        stats = ClassStats(count=_all_reduce_sum(stats.count), sse=_AllReduceSum.apply(stats.sse))  # type: ignore[no-untyped-call]
     if reduction == "none":
-        return _element_contributions(input, target, stats, weights, threshold, labels)
-    return balanced_loss(stats, weights)[0]
+        contributions = _element_contributions(input, target, stats, weights, threshold, labels)
+        return contributions if labels is None else contributions + poison[0]
+    loss = balanced_loss(stats, weights)[0]
+    return loss if labels is None else loss + poison[0]
+
+
+def _out_of_range_poison(stats: ClassStats, width: int) -> Tensor:
+    """0, or NaN for a group where some labels fell outside ``[0, K)`` (counted in no class).
+
+    On the CPU, labels are range-checked with a clear error; on other devices that check
+    would need a host sync, so an out-of-range label shows as a NaN loss instead of being
+    silently dropped.
+    """
+    complete = stats.count.sum(dim=1) == width
+    return torch.where(complete, 0.0, math.nan).to(stats.sse.dtype)
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return int(dist.get_world_size())
+
+
+def _all_reduce_sum(tensor: Tensor) -> Tensor:
+    """The sum over all ranks, out of place, outside autograd."""
+    import torch.distributed as dist
+
+    total = tensor.detach().clone()
+    dist.all_reduce(total)
+    return total
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over all ranks; the backward sums the gradients over all ranks too.
+
+    Every rank computes the same loss from the reduced statistics, so each rank's gradient
+    with respect to its local statistics is ``world_size`` times that of the global loss.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:
+        return _all_reduce_sum(tensor)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            return _AllReduceSum.apply(grad)  # type: ignore[no-untyped-call, no-any-return]
+        return _all_reduce_sum(grad)
 
 
 def _element_contributions(
@@ -634,6 +706,7 @@ class ACBMSELoss(nn.Module):
         class_weights: Sequence[float] | Tensor | None = None,
         per_sample: bool = False,
         reduction: Reduction = "mean",
+        sync_dist: bool = False,
     ) -> None:
         super().__init__()
         if class_weights is None and labels is not None:
@@ -648,6 +721,7 @@ class ACBMSELoss(nn.Module):
         self.hit_threshold = _check_threshold(hit_threshold)
         self.labels = labels
         self.per_sample = bool(per_sample)
+        self.sync_dist = bool(sync_dist)
         self.reduction: Reduction = _check_reduction(reduction, self.per_sample)  # type: ignore[assignment]
 
     def forward(self, input: Tensor, target: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -665,6 +739,7 @@ class ACBMSELoss(nn.Module):
             class_weights=self.class_weights,
             per_sample=self.per_sample,
             reduction=self.reduction,
+            sync_dist=self.sync_dist,
         )
 
     def extra_repr(self) -> str:
@@ -675,7 +750,8 @@ class ACBMSELoss(nn.Module):
                 f"hit_weight={self.hit_weight}, nonhit_weight={self.nonhit_weight}, "
                 f"hit_threshold={self.hit_threshold}"
             )
-        return f"{options}, per_sample={self.per_sample}, reduction={self.reduction!r}"
+        sync = ", sync_dist=True" if self.sync_dist else ""
+        return f"{options}, per_sample={self.per_sample}, reduction={self.reduction!r}{sync}"
 
 
 class ACBLoss(nn.Module):

@@ -341,6 +341,20 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(x.grad, x_ref.grad)
 
 
+def test_out_of_range_labels_show_as_nan_where_they_are_not_checked():
+    """Under torch.compile (as on GPUs) the range check would need a host sync: a NaN loss instead."""
+    labels = torch.tensor([[0, 1, 2, 3]])
+    x, y = torch.ones(1, 4), torch.zeros(1, 4)
+    compiled = torch.compile(acb_mse_loss, fullgraph=True, backend="aot_eager")
+    for per_sample in (False, True):
+        got = compiled(x, y, labels=labels, class_weights=[1.0, 1.0, 1.0], per_sample=per_sample)
+        assert math.isnan(float(got))
+        fine = compiled(
+            x, y, labels=labels.clamp(max=2), class_weights=[1.0, 1.0, 1.0], per_sample=per_sample
+        )
+        assert float(fine) == 3.0
+
+
 def test_torch_compile_inductor():
     """The default backend, code generation included, forward and backward."""
     torch._dynamo.reset()
