@@ -1,0 +1,598 @@
+"""Opening array files safely and reading them in chunks, never whole.
+
+``acbmse eval`` reads ``.npy``, ``.npz`` and ``.pt`` files that may be far
+larger than memory.  :func:`open_array` checks a file (format, header, dtype,
+size) without reading its data and returns an :class:`ArraySource` whose
+:meth:`~ArraySource.read` hands out any range of elements (in C order) as a
+1-D CPU tensor:
+
+- ``.npy``, and ``.npz`` members stored uncompressed (``np.savez``), are
+  memory-mapped at their data offset: reading costs no copy and no
+  anonymous memory.
+- ``.npz`` members that are compressed (``np.savez_compressed``) are
+  decompressed as a stream into one reused buffer.
+- ``.pt`` files are loaded with ``torch.load(weights_only=True, mmap=True)``.
+
+Nothing is ever unpickled: ``.npy`` headers are parsed here (a Python literal,
+read with :func:`ast.literal_eval`), object dtypes are refused before any data
+is touched, and ``.pt`` files only go through PyTorch's weights-only loader.
+Every problem with a file raises :class:`~acbmse_cli.errors.InputError` with
+one line that names the file.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import pickle
+import shutil
+import struct
+import tempfile
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from acbmse_cli.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ArraySource", "Role", "chunk_ranges", "open_array"]
+
+Role = Literal["values", "labels"]
+"""What an array is read as: ``values`` (prediction, target) or integer ``labels``."""
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+_MAX_HEADER = 1 << 20
+_STREAM_BLOCK = 1 << 24
+
+
+# --------------------------------------------------------------------------- chunk plan
+
+
+def chunk_ranges(
+    shape: tuple[int, ...], chunk_elements: int, rows: tuple[int, int] | None = None
+) -> Iterator[tuple[int, int]]:
+    """Element ranges ``[start, stop)`` (C order) that cover ``rows`` of an array in slabs.
+
+    Every range is a slab ``a[i0, ..., ik, j:j2]`` of at most ``chunk_elements``
+    elements (at least one element along the last axis), so an array of any
+    memory layout can hand it out with one slice.  A range either holds whole
+    samples (dim 0) or lies inside one sample; ranges come in increasing order.
+
+    >>> list(chunk_ranges((4, 3), 7))
+    [(0, 6), (6, 12)]
+    >>> list(chunk_ranges((2, 5), 3))
+    [(0, 3), (3, 5), (5, 8), (8, 10)]
+    """
+    dims = shape if shape else (1,)
+    first, last = rows if rows is not None else (0, dims[0])
+    yield from _slabs(dims, chunk_elements, 0, first, last)
+
+
+def _slabs(
+    dims: tuple[int, ...], chunk: int, offset: int, first: int, last: int
+) -> Iterator[tuple[int, int]]:
+    inner = math.prod(dims[1:])
+    if inner <= chunk or len(dims) == 1:
+        step = max(chunk // max(inner, 1), 1)
+        for i in range(first, last, step):
+            yield offset + i * inner, offset + min(i + step, last) * inner
+        return
+    for i in range(first, last):
+        yield from _slabs(dims[1:], chunk, offset + i * inner, 0, dims[1])
+
+
+def _slab_index(shape: tuple[int, ...], start: int, stop: int) -> tuple[int | slice, ...]:
+    """The index ``(i0, ..., ik, slice(j, j2))`` of the slab ``[start, stop)`` in C order."""
+    dims = shape if shape else (1,)
+    inner = math.prod(dims)
+    for axis, size in enumerate(dims):
+        block, inner = inner, inner // size
+        if start % inner == 0 and stop % inner == 0 and start // block == (stop - 1) // block:
+            prefix = np.unravel_index(start // block, dims[:axis]) if axis else ()
+            j = (start % block) // inner
+            return (*(int(i) for i in prefix), slice(j, j + (stop - start) // inner))
+    raise ValueError(f"[{start}, {stop}) is not a slab of shape {shape}")  # chunk_ranges never asks this
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class ArraySource:
+    """One array in a file, read in element ranges.
+
+    Attributes:
+        name: the file as the user named it (with ``[key]`` for an archive member).
+        shape: the array's shape.
+        dtype: the stored dtype, as text (``float32``, ``int16``, ``bfloat16``...).
+        size: the number of elements.
+    """
+
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: str, role: Role) -> None:
+        self.name = name
+        self.shape = shape
+        self.dtype = dtype
+        self.size = math.prod(shape)
+        self.role = role
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Elements ``[start, stop)`` in C order as a 1-D CPU tensor.
+
+        Values come as float32 (float16, bfloat16 and float32 files) or
+        float64 (float64, integer and bool files); labels as an integer
+        dtype.  The range must be one of :func:`chunk_ranges`.  The tensor
+        may share memory with the file or with a buffer reused by the next
+        call: use it before reading again, and never write to it.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the file."""
+
+    def __enter__(self) -> ArraySource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+class _NumpySource(ArraySource):
+    """A numpy array (a memory map of the file), read by slicing."""
+
+    def __init__(self, name: str, array: np.ndarray, role: Role, cleanup: Callable[[], None] | None = None):
+        super().__init__(name, tuple(array.shape), str(array.dtype.newbyteorder("=")), role)
+        self._array: np.ndarray | None = array
+        self._flat = array.reshape(-1) if array.flags.c_contiguous else None
+        self._cleanup = cleanup
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        if self._array is None:
+            raise ValueError(f"{self.name} is closed")
+        try:
+            if self._flat is not None:
+                chunk = np.asarray(self._flat[start:stop])
+            else:
+                chunk = np.ascontiguousarray(self._array[_slab_index(self.shape, start, stop)]).reshape(-1)
+            return _to_torch(chunk, self.role)
+        except OSError as exc:  # a file that shrank under the memory map, an I/O error
+            raise InputError(f"{self.name}: cannot read the data: {exc}") from None
+
+    def close(self) -> None:
+        self._array = self._flat = None
+        if self._cleanup is not None:
+            self._cleanup()
+            self._cleanup = None
+
+
+class _StreamSource(ArraySource):
+    """A C-ordered array in a compressed archive member, decompressed as a stream."""
+
+    def __init__(
+        self,
+        name: str,
+        opener: Callable[[], IO[bytes]],
+        data_skip: int,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        role: Role,
+        close_archive: Callable[[], None],
+    ) -> None:
+        super().__init__(name, shape, str(dtype.newbyteorder("=")), role)
+        self._opener = opener
+        self._data_skip = data_skip
+        self._np_dtype = dtype
+        self._close_archive = close_archive
+        self._stream: IO[bytes] | None = None
+        self._position = 0  # in elements
+        self._buffer = bytearray()
+
+    def _rewind(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self._stream = self._opener()
+        self._read_exactly(self._data_skip, memoryview(bytearray(self._data_skip)))
+        self._position = 0
+
+    def _read_exactly(self, nbytes: int, into: memoryview) -> None:
+        assert self._stream is not None
+        got = 0
+        try:
+            while got < nbytes:
+                n = self._stream.readinto(into[got:nbytes])  # type: ignore[attr-defined]
+                if not n:
+                    raise InputError(f"{self.name}: truncated: the archive member ends before its data does")
+                got += n
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            raise InputError(f"{self.name}: corrupt compressed data: {exc}") from None
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        itemsize = self._np_dtype.itemsize
+        if self._stream is None or start < self._position:
+            self._rewind()
+        while self._position < start:  # skip forward (another rank's part of the file)
+            n = min(start - self._position, max(_STREAM_BLOCK // itemsize, 1))
+            self._ensure_buffer(n * itemsize)
+            self._read_exactly(n * itemsize, memoryview(self._buffer))
+            self._position += n
+        nbytes = (stop - start) * itemsize
+        self._ensure_buffer(nbytes)
+        self._read_exactly(nbytes, memoryview(self._buffer))
+        self._position = stop
+        chunk = np.frombuffer(self._buffer, dtype=self._np_dtype, count=stop - start)
+        return _to_torch(chunk, self.role)
+
+    def _ensure_buffer(self, nbytes: int) -> None:
+        if len(self._buffer) < nbytes:
+            self._buffer = bytearray(nbytes)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        self._close_archive()
+
+
+class _TorchSource(ArraySource):
+    """A tensor from a ``.pt`` file (memory-mapped when the file format allows)."""
+
+    def __init__(self, name: str, tensor: torch.Tensor, role: Role) -> None:
+        super().__init__(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."), role)
+        self._tensor: torch.Tensor | None = tensor
+        self._flat = tensor.reshape(-1) if tensor.is_contiguous() else None
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        if self._tensor is None:
+            raise ValueError(f"{self.name} is closed")
+        if self._flat is not None:
+            chunk = self._flat[start:stop]
+        else:
+            view = self._tensor.reshape(1) if self._tensor.ndim == 0 else self._tensor
+            chunk = view[_slab_index(self.shape, start, stop)].reshape(-1)
+        return _convert_tensor(chunk, self.role)
+
+    def close(self) -> None:
+        self._tensor = self._flat = None
+
+
+# --------------------------------------------------------------------------- dtypes
+
+
+def _check_numpy_dtype(name: str, dtype: np.dtype[Any], role: Role) -> None:
+    if dtype.hasobject:
+        raise InputError(
+            f"{name}: holds Python objects (dtype {dtype}), i.e. a pickle; refused without loading it"
+        )
+    if dtype.names is not None or dtype.subdtype is not None:
+        raise InputError(f"{name}: structured dtype {dtype} is not supported: need a plain numeric array")
+    if dtype.kind == "c":
+        raise InputError(f"{name}: complex dtype {dtype} is not supported: need real numbers")
+    if role == "labels":
+        if dtype.kind not in "iu":
+            raise InputError(f"{name}: labels must be integers, got dtype {dtype}")
+    elif not (dtype.kind in "biu" or (dtype.kind == "f" and dtype.itemsize in (2, 4, 8))):
+        raise InputError(f"{name}: unsupported dtype {dtype}: need bool, an integer or float16/32/64")
+
+
+def _to_torch(chunk: np.ndarray, role: Role) -> torch.Tensor:
+    import torch
+
+    if not chunk.dtype.isnative:
+        chunk = chunk.astype(chunk.dtype.newbyteorder("="))
+    kind, size = chunk.dtype.kind, chunk.dtype.itemsize
+    if role == "labels":
+        if not (kind == "i" or (kind == "u" and size == 1)):
+            chunk = chunk.astype(np.int64)
+    elif kind == "f" and size == 2:
+        chunk = chunk.astype(np.float32)
+    elif kind != "f":
+        chunk = chunk.astype(np.float64)
+    return torch.from_numpy(chunk)
+
+
+_TORCH_VALUE_DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
+                       "float16", "bfloat16", "float32", "float64")  # fmt: skip
+
+
+def _check_tensor(name: str, tensor: torch.Tensor, role: Role) -> None:
+    import torch
+
+    if tensor.layout != torch.strided:
+        raise InputError(f"{name}: {tensor.layout} tensors are not supported: need a dense tensor")
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    if tensor.is_complex():
+        raise InputError(f"{name}: complex dtype {dtype} is not supported: need real numbers")
+    if role == "labels":
+        if tensor.is_floating_point() or tensor.dtype == torch.bool or dtype not in _TORCH_VALUE_DTYPES:
+            raise InputError(f"{name}: labels must be integers, got dtype {dtype}")
+    elif dtype not in _TORCH_VALUE_DTYPES:
+        raise InputError(f"{name}: unsupported dtype {dtype}: need bool, an integer or float16/32/64")
+
+
+def _convert_tensor(chunk: torch.Tensor, role: Role) -> torch.Tensor:
+    import torch
+
+    if role == "labels":
+        if chunk.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+            return chunk.to(torch.int64)
+        return chunk
+    if chunk.dtype in (torch.float16, torch.bfloat16):
+        return chunk.to(torch.float32)
+    if chunk.dtype in (torch.float32, torch.float64):
+        return chunk
+    return chunk.to(torch.float64)
+
+
+# --------------------------------------------------------------------------- .npy
+
+
+def _parse_npy_header(stream: IO[bytes], name: str) -> tuple[np.dtype[Any], tuple[int, ...], bool, int]:
+    """Read a .npy header from ``stream``: (dtype, shape, fortran_order, header length in bytes)."""
+    lead = stream.read(8)
+    if len(lead) < 8 or lead[:6] != _NPY_MAGIC:
+        raise InputError(f"{name}: not a .npy array (no NumPy header)")
+    major = lead[6]
+    if major == 1:
+        size_field, encoding = 2, "latin1"
+    elif major in (2, 3):
+        size_field, encoding = 4, "latin1" if major == 2 else "utf8"
+    else:
+        raise InputError(f"{name}: unsupported .npy format version {major}.{lead[7]}")
+    raw = stream.read(size_field)
+    if len(raw) < size_field:
+        raise InputError(f"{name}: truncated: the file ends inside its header")
+    (header_len,) = struct.unpack("<H" if size_field == 2 else "<I", raw)
+    if header_len > _MAX_HEADER:
+        raise InputError(f"{name}: corrupt header (claims {header_len} bytes)")
+    text = stream.read(header_len)
+    if len(text) < header_len:
+        raise InputError(f"{name}: truncated: the file ends inside its header")
+    try:
+        header = ast.literal_eval(text.decode(encoding))
+        descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
+        if not (
+            isinstance(fortran, bool)
+            and isinstance(shape, tuple)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+        ):
+            raise ValueError("bad fields")
+        dtype = np.lib.format.descr_to_dtype(descr)
+    except Exception:  # any malformed header, whatever the parser makes of it
+        raise InputError(f"{name}: corrupt .npy header") from None
+    return dtype, tuple(shape), fortran, 8 + size_field + header_len
+
+
+def _check_size(name: str, shape: tuple[int, ...], dtype: np.dtype[Any], available: int) -> int:
+    nbytes = math.prod(shape) * dtype.itemsize
+    if math.prod(shape) == 0:
+        raise InputError(f"{name}: empty array (shape {shape})")
+    if available < nbytes:
+        raise InputError(
+            f"{name}: truncated: the header promises {nbytes} bytes of data, the file holds {available}"
+        )
+    if available > nbytes:
+        raise InputError(f"{name}: corrupt: {available} bytes of data where the header promises {nbytes}")
+    return nbytes
+
+
+def _open_npy(path: str, name: str, role: Role) -> ArraySource:
+    with open(path, "rb") as f:
+        dtype, shape, fortran, offset = _parse_npy_header(f, name)
+        _check_numpy_dtype(name, dtype, role)
+        file_size = os.fstat(f.fileno()).st_size
+    _check_size(name, shape, dtype, file_size - offset)
+    return _NumpySource(name, _memmap(path, name, dtype, shape, fortran, offset), role)
+
+
+def _memmap(
+    path: str, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], fortran: bool, offset: int
+) -> np.ndarray:
+    try:
+        # Copy-on-write: writable for torch.from_numpy, and the file is never written.
+        return np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape or (1,),
+                         order="F" if fortran else "C").reshape(shape)  # fmt: skip
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{name}: cannot map the data: {exc}") from None
+
+
+# --------------------------------------------------------------------------- .npz
+
+
+def _open_npz(path: str, name: str, key: str | None, key_option: str, role: Role) -> ArraySource:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InputError(f"{name}: not a valid .npz archive: {exc}") from None
+    try:
+        return _open_npz_member(path, name, archive, key, key_option, role)
+    except BaseException:
+        archive.close()
+        raise
+
+
+def _open_npz_member(
+    path: str, name: str, archive: zipfile.ZipFile, key: str | None, key_option: str, role: Role
+) -> ArraySource:
+    members = {info.filename.removesuffix(".npy"): info for info in archive.infolist() if not info.is_dir()}
+    arrays = sorted(members)
+    if key is None:
+        if len(arrays) != 1:
+            listed = ", ".join(arrays) if arrays else "nothing"
+            raise InputError(f"{name}: holds {len(arrays)} arrays ({listed}): pick one with {key_option}")
+        key = arrays[0]
+    elif key not in members:
+        raise InputError(f"{name}: has no array {key!r} (it holds: {', '.join(arrays) or 'nothing'})")
+    info = members[key]
+    label = f"{name}[{key}]"
+    if info.flag_bits & 0x1:
+        raise InputError(f"{label}: encrypted archive members are not supported")
+    try:
+        if info.compress_type == zipfile.ZIP_STORED:
+            return _stored_member(path, label, archive, info, role)
+        return _compressed_member(label, archive, info, role)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise InputError(f"{label}: corrupt archive member: {exc}") from None
+
+
+def _local_data_offset(path: str, info: zipfile.ZipInfo) -> int:
+    """Where a member's bytes start: after its local header, whose extra field may differ."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+    if len(local) < 30 or local[:4] != _ZIP_MAGIC:
+        raise zipfile.BadZipFile("bad local file header")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    return int(info.header_offset + 30 + name_len + extra_len)
+
+
+def _stored_member(
+    path: str, label: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, role: Role
+) -> ArraySource:
+    start = _local_data_offset(path, info)
+    with open(path, "rb") as f:
+        f.seek(start)
+        dtype, shape, fortran, header = _parse_npy_header(f, label)
+        file_size = os.fstat(f.fileno()).st_size
+    _check_numpy_dtype(label, dtype, role)
+    if start + info.file_size > file_size:
+        raise InputError(f"{label}: truncated: the archive ends inside this member")
+    _check_size(label, shape, dtype, info.file_size - header)
+    archive.close()
+    return _NumpySource(label, _memmap(path, label, dtype, shape, fortran, start + header), role)
+
+
+def _compressed_member(
+    label: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, role: Role
+) -> ArraySource:
+    with archive.open(info) as stream:
+        dtype, shape, fortran, header = _parse_npy_header(stream, label)
+    _check_numpy_dtype(label, dtype, role)
+    _check_size(label, shape, dtype, info.file_size - header)
+    if not fortran:
+        return _StreamSource(label, lambda: archive.open(info), header, shape, dtype, role, archive.close)
+    # Fortran order cannot be streamed in C order: decompress to a temporary file and map that.
+    fd, tmp = tempfile.mkstemp(prefix="acbmse-", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as out, archive.open(info) as stream:
+            stream.read(header)
+            shutil.copyfileobj(stream, out, _STREAM_BLOCK)
+        array = _memmap(tmp, label, dtype, shape, True, 0)
+    finally:
+        os.unlink(tmp)  # the map keeps the data until it is closed
+        archive.close()
+    return _NumpySource(label, array, role)
+
+
+# --------------------------------------------------------------------------- .pt
+
+
+def _open_pt(path: str, name: str, key: str | None, key_option: str, role: Role) -> ArraySource:
+    import torch
+
+    def load(mmap: bool) -> object:
+        with warnings.catch_warnings():  # a refused pickle is reported below, once
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            obj = load(True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            obj = load(False)  # the legacy (non-zip) format cannot be memory-mapped
+    except pickle.UnpicklingError:
+        raise InputError(
+            f"{name}: holds Python objects other than tensors; refused without running them "
+            "(only weights-only .pt files are read)"
+        ) from None
+    except Exception as exc:  # torch.load reports corruption with many exception types
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise InputError(f"{name}: not a readable .pt file (truncated or corrupt?): {reason}") from None
+    label = name
+    if isinstance(obj, dict):
+        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if key is None:
+            if len(obj) != 1 or len(tensors) != 1:
+                listed = ", ".join(sorted(map(str, obj))) or "nothing"
+                raise InputError(
+                    f"{name}: holds a dict of {len(obj)} entries ({listed}): pick one with {key_option}"
+                )
+            key = next(iter(tensors))
+        elif key not in tensors:
+            raise InputError(
+                f"{name}: has no tensor {key!r} (it holds: {', '.join(sorted(tensors)) or 'none'})"
+            )
+        obj, label = tensors[key], f"{name}[{key}]"
+    elif key is not None:
+        raise InputError(f"{name}: holds a single tensor, not a dict: {key_option} does not apply")
+    if not isinstance(obj, torch.Tensor):
+        raise InputError(f"{name}: holds a {type(obj).__name__}, not a tensor")
+    _check_tensor(label, obj, role)
+    if obj.numel() == 0:
+        raise InputError(f"{label}: empty array (shape {tuple(obj.shape)})")
+    return _TorchSource(label, obj.detach(), role)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def open_array(path: str | os.PathLike[str], *, key: str | None = None, role: Role = "values",
+               key_option: str = "a key") -> ArraySource:  # fmt: skip
+    """Check an array file and open it for chunked reading.
+
+    The format comes from the file's content, not its name: a NumPy header
+    means ``.npy``; a zip archive of ``.npy`` members means ``.npz``; anything
+    else is handed to PyTorch's weights-only loader as a ``.pt`` file.
+
+    Args:
+        path: the file.
+        key: which array of an ``.npz`` archive (or of a dict in a ``.pt`` file).
+        role: ``"values"`` accepts bool, integer and float16/32/64 (and
+            bfloat16 in ``.pt``); ``"labels"`` accepts integers only.
+        key_option: how the user picks a key, for the message when one is needed.
+
+    Raises:
+        InputError: one line naming the file: missing, a directory, not an
+            array, truncated or corrupt, a pickle, an unsupported dtype, empty.
+    """
+    path = os.fspath(path)
+    name = path
+    if not os.path.exists(path):
+        raise InputError(f"{name}: no such file")
+    if os.path.isdir(path):
+        raise InputError(f"{name}: is a directory, not an array file")
+    try:
+        with open(path, "rb") as f:
+            lead = f.read(8)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    if not lead:
+        raise InputError(f"{name}: empty file, not an array")
+    if lead.startswith(_NPY_MAGIC):
+        if key is not None:
+            raise InputError(f"{name}: is a .npy file holding one array: {key_option} does not apply")
+        return _open_npy(path, name, role)
+    if lead.startswith(_ZIP_MAGIC) and not _is_torch_archive(path, name):
+        return _open_npz(path, name, key, key_option, role)
+    if not (lead.startswith(_ZIP_MAGIC) or lead[:1] == b"\x80"):  # neither a zip nor a pickle
+        raise InputError(f"{name}: not an array file (need .npy, .npz or .pt)")
+    return _open_pt(path, name, key, key_option, role)
+
+
+def _is_torch_archive(path: str, name: str) -> bool:
+    """A zip written by ``torch.save`` (it holds ``<archive>/data.pkl``), not an ``.npz``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InputError(f"{name}: truncated or corrupt zip archive (.npz or .pt): {exc}") from None
