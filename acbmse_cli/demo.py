@@ -1,0 +1,643 @@
+"""The training demo: one small denoising autoencoder trained with MSE, MAE and ACB-MSE, side by side.
+
+:func:`run_demo` trains the same convolutional autoencoder (same initial weights, same batches in the same
+order, same optimiser and learning rate, same number of steps) once per loss on synthetic detector frames
+(:mod:`acbmse_cli.synthetic`), then evaluates every model on one held-out set.  The result is plain data;
+:func:`metrics_table`, :func:`save_data` and :func:`save_figure` render or store it.
+
+**Metrics on the held-out set.**  The truth is the target's hit class (``target > 0``).  A pixel of a
+model's output counts as a *detected hit* when its value is above the detection threshold, which is half
+the smallest hit value of the data (``tof_min / 2``: 10 by default, hits lie in [20, 100]).  From the
+counts of :func:`acbmse_cli.loss.detection_counts`: recall ``tp / (tp + fn)``, precision ``tp / (tp + fp)``
+and F1 ``2 tp / (2 tp + fp + fn)``, pooled over all held-out frames (``None`` where the denominator is 0,
+e.g. precision of a model that detects nothing).  A *blank* output is a frame with no pixel above the
+detection threshold; ``blank_fraction`` is the share of held-out frames whose output is blank.  The
+per-class errors come from :func:`acbmse_cli.loss.class_stats` in float64, pooled over the held-out set,
+the same statistics ``acbmse eval`` reports: ``mse_hit`` and ``mse_nonhit`` (the mean squared error over
+the target's hits and non-hits), ``mse`` (over all pixels) and ``acb_mse`` (:func:`balanced_loss` of those
+statistics with the run's hit and non-hit weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from acbmse_cli.errors import InputError
+from acbmse_cli.loss import acb_mse_loss, balanced_loss, class_stats, detection_counts
+from acbmse_cli.synthetic import CROSS, LINE, SyntheticConfig, SyntheticPairs, generate_pairs
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+__all__ = [
+    "LOSS_LABELS",
+    "LOSS_NAMES",
+    "DemoAutoencoder",
+    "DemoOptions",
+    "DemoResult",
+    "LossRun",
+    "default_threads",
+    "heldout_metrics",
+    "metrics_table",
+    "parse_frame_size",
+    "parse_losses",
+    "prepare_output_dir",
+    "run_demo",
+    "save_data",
+    "save_figure",
+]
+
+LOSS_NAMES: tuple[str, ...] = ("mse", "mae", "acb_mse")
+LOSS_LABELS: dict[str, str] = {"mse": "MSE", "mae": "MAE", "acb_mse": "ACB-MSE"}
+
+# Where --save-data puts things (inside the directory given).
+INPUT_FILE = "input.npy"
+TARGET_FILE = "target.npy"
+PREDICTION_FILE = "pred_{loss}.npy"
+FIGURE_FILE = "demo.png"
+
+# Called after every training step as progress(loss_name, step, steps, loss_value).
+ProgressCallback = Callable[[str, int, int, float], None]
+
+
+# --------------------------------------------------------------------------- options
+
+
+def parse_losses(text: str) -> tuple[str, ...]:
+    """``"mse,acb_mse"`` -> ``("mse", "acb_mse")``, in the order given; :class:`InputError` if bad."""
+    names = [part.strip().lower().replace("-", "_") for part in text.split(",")]
+    if not text.strip() or any(not name for name in names):
+        raise InputError(f"--losses must be a comma-separated list of {', '.join(LOSS_NAMES)}, got {text!r}")
+    unknown = [name for name in names if name not in LOSS_NAMES]
+    if unknown:
+        raise InputError(f"--losses: unknown loss {unknown[0]!r}; choose from {', '.join(LOSS_NAMES)}")
+    if len(set(names)) != len(names):
+        raise InputError(f"--losses names a loss twice: {text!r}")
+    return tuple(names)
+
+
+def parse_frame_size(text: str) -> tuple[int, int]:
+    """``"88x128"`` -> ``(88, 128)`` (height, width); :class:`InputError` if bad."""
+    parts = text.lower().split("x")
+    try:
+        height, width = (int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--frame-size must be HEIGHTxWIDTH, e.g. 88x128, got {text!r}") from None
+    if height < 8 or width < 8:
+        raise InputError(f"--frame-size must be at least 8x8, got {text!r}")
+    return height, width
+
+
+def _positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def _weight(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"{name} must be finite and non-negative, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """Everything a demo run depends on; validated on creation (:class:`InputError` names the option).
+
+    Args:
+        steps: optimiser steps per loss.
+        batch_size: frames per step.
+        seed: seeds the data (training batches and held-out set) and the initial weights.
+        losses: which losses to train, from :data:`LOSS_NAMES`.
+        hit_weight: A, the ACB-MSE weight of the hit class.
+        nonhit_weight: B, the ACB-MSE weight of the non-hit class.
+        eval_frames: size of the held-out set.
+        height: frame height in pixels, a multiple of 8.
+        width: frame width in pixels, a multiple of 8.
+        channels: feature channels of the autoencoder's first layer (the next ones have twice as many).
+        latent: size of the autoencoder's dense code.
+        learning_rate: Adam's learning rate.
+        threads: torch CPU threads while training; ``None``: half the CPUs this process may use, at
+            least 1 and at most 4 (see :func:`default_threads`).
+    """
+
+    steps: int = 1000
+    batch_size: int = 16
+    seed: int = 0
+    losses: tuple[str, ...] = LOSS_NAMES
+    hit_weight: float = 1.0
+    nonhit_weight: float = 1.0
+    eval_frames: int = 200
+    height: int = 88
+    width: int = 128
+    channels: int = 8
+    latent: int = 64
+    learning_rate: float = 2e-3
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive_int("--steps", self.steps)
+        _positive_int("--batch-size", self.batch_size)
+        _positive_int("--seed", self.seed, minimum=0)
+        _positive_int("--eval-frames", self.eval_frames)
+        _positive_int("channels", self.channels)
+        _positive_int("latent", self.latent)
+        if self.threads is not None:
+            _positive_int("--threads", self.threads)
+        if not isinstance(self.losses, tuple) or not self.losses:
+            raise InputError(f"--losses must name at least one loss, got {self.losses!r}")
+        parse_losses(",".join(self.losses))
+        hit = _weight("--hit-weight", self.hit_weight)
+        nonhit = _weight("--nonhit-weight", self.nonhit_weight)
+        if hit == 0 and nonhit == 0:
+            raise InputError(
+                "--hit-weight and --nonhit-weight are both 0: the ACB-MSE loss would always be 0"
+            )
+        rate = self.learning_rate
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, (int, float))
+            or not math.isfinite(rate)
+            or rate <= 0
+        ):
+            raise InputError(f"learning_rate must be a positive number, got {rate!r}")
+        self.data_config()  # checks the frame size
+        if self.height % 8 or self.width % 8:
+            raise InputError(
+                "the frame size must be a multiple of 8 in each direction (the autoencoder halves it 3 "
+                f"times), got {self.height}x{self.width}"
+            )
+
+    def data_config(self) -> SyntheticConfig:
+        """The synthetic data's settings for this run's frame size."""
+        return SyntheticConfig(height=self.height, width=self.width)
+
+    @property
+    def detect_threshold(self) -> float:
+        """Output values above this count as detected hits: half the smallest hit value."""
+        return self.data_config().tof_min / 2
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class DemoAutoencoder(nn.Module):
+    """A small convolutional denoising autoencoder with a dense bottleneck and no skip connections.
+
+    Three stride-2 convolutions take a frame down 8 times in each direction (88 x 128 -> 11 x 16); a dense
+    layer squeezes that into a code of ``latent`` numbers and another expands it back; three transposed
+    convolutions return to the frame's size.  With no path around the code, the network must encode where
+    the pattern is, how large, and its values: the setting in which the project's seed saw MSE and MAE
+    settle on blank frames.  Values are divided by ``value_scale`` on the way in and multiplied by it on the
+    way out, so the network works near unit scale while its inputs and outputs are in the data's units.
+    The output is linear (it may be negative).
+
+    Args:
+        channels: feature channels of the first convolution; the others have ``2 * channels``.
+        latent: size of the dense code.
+        frame: (height, width) of the frames, multiples of 8.
+        value_scale: the data's unit of scale.
+
+    Shape:
+        - Input: :math:`(N, 1, H, W)`; Output: the same.
+    """
+
+    def __init__(
+        self,
+        channels: int = 8,
+        latent: int = 64,
+        frame: tuple[int, int] = (88, 128),
+        value_scale: float = 100.0,
+    ) -> None:
+        super().__init__()
+        c = channels
+        self.value_scale = float(value_scale)
+        self.code_shape = (2 * c, frame[0] // 8, frame[1] // 8)
+        flat = 2 * c * (frame[0] // 8) * (frame[1] // 8)
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, c, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(flat, latent),
+            nn.ReLU(),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, flat),
+            nn.ReLU(),
+            nn.Unflatten(1, self.code_shape),
+            nn.ConvTranspose2d(2 * c, 2 * c, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c, 1, 4, stride=2, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Denoise a batch ``(N, 1, H, W)``."""
+        out: Tensor = self.decoder(self.encoder(x / self.value_scale))
+        return out * self.value_scale
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class LossRun:
+    """One loss's training run and its held-out results.
+
+    Attributes:
+        name: the loss (one of :data:`LOSS_NAMES`).
+        curve: the training loss after every step.
+        metrics: the held-out metrics (see the module docstring), plain numbers or ``None``.
+        predictions: the model's outputs on the held-out set, float32 ``(N, 1, H, W)``.
+    """
+
+    name: str
+    curve: list[float]
+    metrics: dict[str, float | int | None]
+    predictions: np.ndarray = field(repr=False)
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` returns: the options, the device, the held-out data and one run per loss."""
+
+    options: DemoOptions
+    device: str
+    detect_threshold: float
+    heldout: SyntheticPairs = field(repr=False)
+    runs: dict[str, LossRun]
+
+    def metrics(self) -> dict[str, dict[str, float | int | None]]:
+        """``{loss: {metric: value}}``, ready for ``json.dumps``."""
+        return {name: dict(run.metrics) for name, run in self.runs.items()}
+
+
+def _loss_function(name: str, options: DemoOptions) -> Callable[[Tensor, Tensor], Tensor]:
+    if name == "mse":
+        return nn.functional.mse_loss
+    if name == "mae":
+        return nn.functional.l1_loss
+
+    def acb(pred: Tensor, target: Tensor) -> Tensor:
+        return acb_mse_loss(pred, target, hit_weight=options.hit_weight, nonhit_weight=options.nonhit_weight)
+
+    return acb
+
+
+def default_threads() -> int:
+    """torch CPU threads for the demo: half the CPUs this process may use, at least 1, at most 4.
+
+    The demo's convolutions are small, so more threads gain little (2 threads train about 20% faster than
+    1 on a 2-core machine), while a thread pool as large as the machine stalls badly as soon as anything
+    else runs there: every operation waits for its slowest thread, and a thread that lost its core waits
+    a whole scheduler time slice.  Half the CPUs keeps that headroom.
+    """
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        available = os.cpu_count() or 1
+    return max(1, min(available // 2, 4))
+
+
+@contextmanager
+def _torch_threads(count: int | None, device: torch.device) -> Iterator[None]:
+    """Run with ``count`` torch CPU threads (default: :func:`default_threads`), then restore."""
+    if device.type != "cpu":
+        yield
+        return
+    if count is None:
+        count = default_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _new_model(options: DemoOptions) -> DemoAutoencoder:
+    return DemoAutoencoder(options.channels, options.latent, (options.height, options.width))
+
+
+def _initial_model(options: DemoOptions) -> DemoAutoencoder:
+    """The autoencoder with weights drawn from ``options.seed``; global random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)
+        return _new_model(options)
+
+
+def _training_batch(options: DemoOptions, step: int, config: SyntheticConfig) -> SyntheticPairs:
+    """Training batch number ``step``: the same for every loss, independent of the held-out set."""
+    return generate_pairs(options.batch_size, seed=(options.seed, 1, step), config=config)
+
+
+def run_demo(
+    options: DemoOptions,
+    *,
+    device: torch.device | str = "cpu",
+    progress: ProgressCallback | None = None,
+) -> DemoResult:
+    """Train one autoencoder per loss in ``options.losses`` and evaluate each on a held-out set.
+
+    All models start from the same weights and see the same batches in the same order with the same
+    optimiser (Adam) and learning rate.  The losses are trained side by side, one step of each per batch.
+    On the CPU the result depends only on ``options`` (and the number of threads).
+
+    Args:
+        options: the run's settings.
+        device: where to train.
+        progress: called after every step as ``progress(loss, step, steps, loss_value)``.
+
+    Returns:
+        :class:`DemoResult`, plain data.
+    """
+    device = torch.device(device)
+    config = options.data_config()
+    heldout = generate_pairs(options.eval_frames, seed=(options.seed, 2), config=config)
+
+    with _torch_threads(options.threads, device):
+        initial = _initial_model(options)
+        models: dict[str, DemoAutoencoder] = {}
+        optimisers: dict[str, torch.optim.Optimizer] = {}
+        loss_fns = {name: _loss_function(name, options) for name in options.losses}
+        curves: dict[str, list[float]] = {name: [] for name in options.losses}
+        for name in options.losses:
+            model = copy.deepcopy(initial)  # the same initial weights for every loss
+            models[name] = model.to(device).train()
+            optimisers[name] = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
+
+        for step in range(options.steps):
+            batch = _training_batch(options, step, config)
+            x = torch.from_numpy(batch.input).to(device)
+            y = torch.from_numpy(batch.target).to(device)
+            for name in options.losses:
+                optimisers[name].zero_grad(set_to_none=True)
+                loss = loss_fns[name](models[name](x), y)
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimisers[name].step()
+                value = float(loss.detach())
+                curves[name].append(value)
+                if progress is not None:
+                    progress(name, step + 1, options.steps, value)
+
+        runs: dict[str, LossRun] = {}
+        for name in options.losses:
+            predictions = _predict(models[name], heldout.input, device, options.batch_size)
+            metrics = heldout_metrics(predictions, heldout.target, options)
+            metrics["final_train_loss"] = curves[name][-1]
+            runs[name] = LossRun(name=name, curve=curves[name], metrics=metrics, predictions=predictions)
+
+    return DemoResult(
+        options=options,
+        device=str(device),
+        detect_threshold=options.detect_threshold,
+        heldout=heldout,
+        runs=runs,
+    )
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, frames: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+    model.eval()
+    chunk = max(batch_size, 64)
+    outputs = [
+        model(torch.from_numpy(frames[i : i + chunk]).to(device)).cpu().numpy()
+        for i in range(0, len(frames), chunk)
+    ]
+    return np.concatenate(outputs).astype(np.float32, copy=False)
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def heldout_metrics(
+    predictions: np.ndarray, target: np.ndarray, options: DemoOptions
+) -> dict[str, float | int | None]:
+    """Detection and per-class error metrics of one model's held-out outputs (see the module docstring)."""
+    pred = torch.from_numpy(predictions)
+    truth = torch.from_numpy(target)
+    counts = detection_counts(pred, truth, detect_threshold=options.detect_threshold, per_sample=True)
+    tp, fp, fn = (int(v) for v in counts.sum(dim=0))
+    blank_frames = int(((counts[:, 0] + counts[:, 1]) == 0).sum())
+    stats = class_stats(pred, truth, dtype=torch.float64)
+    count = stats.count[0].tolist()
+    sse = stats.sse[0].tolist()
+    acb = float(balanced_loss(stats, (options.nonhit_weight, options.hit_weight))[0])
+    frames = int(predictions.shape[0])
+    return {
+        "recall": _ratio(tp, tp + fn),
+        "precision": _ratio(tp, tp + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "blank_fraction": blank_frames / frames,
+        "blank_frames": blank_frames,
+        "frames": frames,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "mse_hit": _ratio_f(sse[1], count[1]),
+        "mse_nonhit": _ratio_f(sse[0], count[0]),
+        "mse": _ratio_f(sse[0] + sse[1], count[0] + count[1]),
+        "acb_mse": acb,
+    }
+
+
+def _ratio_f(numerator: float, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+# --------------------------------------------------------------------------- rendering and files
+
+
+def _fmt(value: float | int | None, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def metrics_table(result: DemoResult) -> Table:
+    """A rich table, one row per loss, of the held-out metrics."""
+    from rich.table import Table
+
+    opts = result.options
+    table = Table(
+        title=(
+            f"{opts.eval_frames} held-out frames of {opts.height}x{opts.width} after {opts.steps} steps "
+            f"of {opts.batch_size} frames (seed {opts.seed}, {result.device})"
+        ),
+        caption=(
+            f"hit detected where output > {result.detect_threshold:g}; blank frame: none detected; "
+            f"A={opts.hit_weight:g}, B={opts.nonhit_weight:g}"
+        ),
+    )
+    table.add_column("loss")
+    for column in ("recall", "precision", "F1", "blank\nframes", "MSE\nhits", "MSE\nnon-hits", "ACB-MSE"):
+        table.add_column(column, justify="right")
+    for name, run in result.runs.items():
+        m = run.metrics
+        table.add_row(
+            LOSS_LABELS[name],
+            _fmt(m["recall"]),
+            _fmt(m["precision"]),
+            _fmt(m["f1"]),
+            f"{m['blank_frames']}/{m['frames']}",
+            _fmt(m["mse_hit"], 1),
+            _fmt(m["mse_nonhit"], 2),
+            _fmt(m["acb_mse"], 1),
+        )
+    return table
+
+
+def _check_output_dir(directory: Path, option: str) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"{option} {directory}: exists and is not a directory")
+
+
+def prepare_output_dir(directory: str | os.PathLike[str], option: str) -> Path:
+    """Check up front that ``directory`` can be used as an output directory (created later if missing)."""
+    path = Path(directory)
+    _check_output_dir(path, option)
+    parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {directory}: cannot write there ({parent} is not a writable directory)")
+    return path
+
+
+def _atomic_write(writers: dict[Path, Callable[[Any], None]]) -> None:
+    """Write every file through its ``writer(handle)`` into a temporary file beside it, then rename them
+    all into place: no file is left half-written, and none is replaced unless all were written."""
+    umask = os.umask(0)
+    os.umask(umask)
+    temporary: dict[Path, str] = {}
+    try:
+        for path, write in writers.items():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temporary[path] = tmp
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        for path, tmp in temporary.items():
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        for tmp in temporary.values():
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _make_dir(directory: Path, option: str) -> None:
+    _check_output_dir(directory, option)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{option} {directory}: cannot create the directory ({exc.strerror})") from None
+
+
+def save_data(result: DemoResult, directory: str | os.PathLike[str]) -> list[Path]:
+    """Write the held-out set and every model's outputs as ``.npy`` files; return their paths.
+
+    Files (float32, shape ``(N, 1, H, W)``): ``input.npy`` (the noisy frames), ``target.npy`` (the clean
+    signal) and ``pred_<loss>.npy`` for each trained loss, so that ``acbmse eval DIR/pred_acb_mse.npy
+    DIR/target.npy`` evaluates a model.  Each file is written atomically.
+    """
+    path = Path(directory)
+    _make_dir(path, "--save-data")
+    arrays = {INPUT_FILE: result.heldout.input, TARGET_FILE: result.heldout.target}
+    for name, run in result.runs.items():
+        arrays[PREDICTION_FILE.format(loss=name)] = run.predictions
+    writers = {path / filename: _npy_writer(array) for filename, array in arrays.items()}
+    _atomic_write(writers)
+    return list(writers)
+
+
+def _npy_writer(array: np.ndarray) -> Callable[[Any], None]:
+    def write(handle: Any) -> None:
+        np.save(handle, array, allow_pickle=False)
+
+    return write
+
+
+def _figure_frames(pattern: np.ndarray, count: int) -> list[int]:
+    """Indices of a few held-out frames to show: crosses and lines alternately, in order."""
+    crosses = [int(i) for i in np.flatnonzero(pattern == CROSS)]
+    lines = [int(i) for i in np.flatnonzero(pattern == LINE)]
+    chosen: list[int] = []
+    while len(chosen) < count and (crosses or lines):
+        for group in (crosses, lines):
+            if group and len(chosen) < count:
+                chosen.append(group.pop(0))
+    return sorted(chosen)
+
+
+def save_figure(result: DemoResult, directory: str | os.PathLike[str], *, frames: int = 3) -> Path:
+    """Write ``demo.png``: a few held-out frames (input, target, each loss's output) and the loss curves."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    path = Path(directory)
+    _make_dir(path, "--out")
+    names = list(result.runs)
+    chosen = _figure_frames(result.heldout.pattern, frames)
+    columns = 2 + len(names)
+    vmax = result.options.data_config().tof_max
+    fig = Figure(figsize=(2.6 * columns, 1.9 * len(chosen) + 3.2), layout="constrained")
+    grid = fig.add_gridspec(len(chosen) + 1, columns, height_ratios=[1.0] * len(chosen) + [1.5])
+    image = None
+    for row, index in enumerate(chosen):
+        panels = [("input", result.heldout.input[index, 0]), ("target", result.heldout.target[index, 0])]
+        panels += [(LOSS_LABELS[n], result.runs[n].predictions[index, 0]) for n in names]
+        for col, (title, frame) in enumerate(panels):
+            ax = fig.add_subplot(grid[row, col])
+            image = ax.imshow(
+                np.clip(frame, 0, vmax), cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest"
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title)
+            if col == 0:
+                ax.set_ylabel(f"frame {index}")
+    if image is not None:
+        fig.colorbar(image, ax=fig.axes, shrink=0.6, label="value (ToF); output clipped to [0, max]")
+    curves = fig.add_subplot(grid[len(chosen), :])
+    for name in names:
+        curve = np.asarray(result.runs[name].curve, dtype=np.float64)
+        relative = curve / curve[0] if curve[0] > 0 else curve
+        steps = np.arange(1, len(curve) + 1)
+        (line,) = curves.plot(steps, relative, alpha=0.25, linewidth=0.8)
+        window = max(1, len(curve) // 40)
+        smooth = np.convolve(relative, np.ones(window) / window, mode="valid")
+        curves.plot(steps[window - 1 :], smooth, color=line.get_color(), label=LOSS_LABELS[name])
+    curves.set_yscale("log")
+    curves.set_xlabel("training step")
+    curves.set_ylabel("training loss / first step's")
+    curves.set_title("training-loss curves (each relative to its first step; thick: running mean)")
+    curves.legend()
+    target = path / FIGURE_FILE
+    _atomic_write({target: lambda handle: fig.savefig(handle, format="png", dpi=110)})
+    plt.close("all")
+    return target

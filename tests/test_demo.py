@@ -1,0 +1,394 @@
+"""The training demo: metrics against a numpy reference, the training plumbing, and the `demo` command.
+
+Training results (which loss wins) are not asserted: runs here are a few steps on tiny frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from acbmse_cli import demo as demo_lib
+from acbmse_cli.cli import app, main
+from acbmse_cli.demo import LOSS_NAMES, DemoOptions, heldout_metrics, run_demo
+from acbmse_cli.errors import InputError
+
+# One thread: a thread pool as large as a busy machine stalls (see demo.default_threads).
+TINY = {
+    "steps": 3,
+    "batch_size": 2,
+    "eval_frames": 5,
+    "height": 16,
+    "width": 24,
+    "channels": 2,
+    "latent": 4,
+    "threads": 1,
+}
+TINY_CLI = [
+    "--steps",
+    "3",
+    "--batch-size",
+    "2",
+    "--eval-frames",
+    "5",
+    "--frame-size",
+    "16x24",
+    "--threads",
+    "1",
+]
+METRIC_KEYS = {
+    "recall",
+    "precision",
+    "f1",
+    "blank_fraction",
+    "blank_frames",
+    "frames",
+    "tp",
+    "fp",
+    "fn",
+    "mse_hit",
+    "mse_nonhit",
+    "mse",
+    "acb_mse",
+    "final_train_loss",
+}
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def reference_metrics(pred: np.ndarray, target: np.ndarray, threshold: float, a: float, b: float) -> dict:
+    """The demo's held-out metrics written out in numpy float64."""
+    pred = pred.astype(np.float64)
+    target = target.astype(np.float64)
+    detected = pred > threshold
+    truth = np.abs(target) > 0
+    tp = int((detected & truth).sum())
+    fp = int((detected & ~truth).sum())
+    fn = int((~detected & truth).sum())
+    blank = ~detected.reshape(len(pred), -1).any(axis=1)
+    sq = (pred - target) ** 2
+    mse_hit = sq[truth].mean() if truth.any() else None
+    mse_nonhit = sq[~truth].mean() if (~truth).any() else None
+    return {
+        "recall": tp / (tp + fn) if tp + fn else None,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+        "blank_fraction": blank.mean(),
+        "blank_frames": int(blank.sum()),
+        "frames": len(pred),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "mse_hit": mse_hit,
+        "mse_nonhit": mse_nonhit,
+        "mse": sq.mean(),
+        "acb_mse": a * (mse_hit or 0.0) + b * (mse_nonhit or 0.0),
+    }
+
+
+def assert_metrics_equal(got: dict, want: dict) -> None:
+    for key, value in want.items():
+        if value is None or isinstance(value, int):
+            assert got[key] == value, key
+        else:
+            assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_heldout_metrics_match_a_numpy_reference():
+    rng = np.random.default_rng(5)
+    target = np.where(rng.random((6, 1, 8, 8)) < 0.1, rng.uniform(20, 100, (6, 1, 8, 8)), 0.0)
+    pred = target + rng.normal(0, 12, target.shape)
+    pred[2] = 0.0  # a blank output
+    pred[4] = rng.uniform(-5, 9.9, (1, 8, 8))  # nothing above 10: blank too
+    pred, target = pred.astype(np.float32), target.astype(np.float32)
+    options = DemoOptions(hit_weight=2.0, nonhit_weight=0.5, height=8, width=8)
+    got = heldout_metrics(pred, target, options)
+    want = reference_metrics(pred, target, 10.0, 2.0, 0.5)
+    assert want["tp"] > 0 and want["fp"] > 0 and want["fn"] > 0 and want["blank_frames"] == 2
+    assert_metrics_equal(got, want)
+
+
+def test_undefined_ratios_are_none():
+    target = np.zeros((2, 1, 8, 8), np.float32)
+    target[0, 0, 1, 1] = 50.0
+    got = heldout_metrics(np.zeros_like(target), target, DemoOptions(height=8, width=8))
+    assert got["recall"] == 0.0 and got["precision"] is None and got["f1"] == 0.0
+    assert got["blank_fraction"] == 1.0
+    no_hits = heldout_metrics(np.zeros_like(target), np.zeros_like(target), DemoOptions(height=8, width=8))
+    assert no_hits["recall"] is None and no_hits["f1"] is None and no_hits["mse_hit"] is None
+
+
+def test_the_detection_threshold_is_half_the_smallest_hit_value():
+    options = DemoOptions()
+    assert options.detect_threshold == options.data_config().tof_min / 2 == 10.0
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    calls = []
+    result = run_demo(DemoOptions(**TINY), progress=lambda *args: calls.append(args))
+    return result, calls
+
+
+def test_run_returns_one_run_per_loss_with_consistent_data(tiny_result):
+    result, calls = tiny_result
+    assert list(result.runs) == list(LOSS_NAMES)
+    assert result.heldout.input.shape == result.heldout.target.shape == (5, 1, 16, 24)
+    for run in result.runs.values():
+        assert len(run.curve) == 3 and all(np.isfinite(run.curve))
+        assert run.predictions.shape == (5, 1, 16, 24) and run.predictions.dtype == np.float32
+        assert set(run.metrics) == METRIC_KEYS
+        # The reported metrics are those of the stored predictions.
+        want = reference_metrics(run.predictions, result.heldout.target, 10.0, 1.0, 1.0)
+        assert_metrics_equal(run.metrics, want)
+        assert run.metrics["final_train_loss"] == run.curve[-1]
+    # Progress: one call per loss and step, reporting the curve's values.
+    assert len(calls) == 3 * len(LOSS_NAMES)
+    for name in LOSS_NAMES:
+        mine = [c for c in calls if c[0] == name]
+        assert [c[1] for c in mine] == [1, 2, 3] and all(c[2] == 3 for c in mine)
+        assert [c[3] for c in mine] == result.runs[name].curve
+    assert json.loads(json.dumps(result.metrics())) == result.metrics()
+
+
+def test_every_loss_starts_from_the_same_weights_and_batch():
+    options = DemoOptions(**{**TINY, "steps": 1, "hit_weight": 3.0, "nonhit_weight": 0.5})
+    result = run_demo(options)
+    # Rebuild the first step independently: the seeded initial model on the first training batch.
+    model = demo_lib._initial_model(options)
+    batch = demo_lib._training_batch(options, 0, options.data_config())
+    with torch.no_grad():
+        out = model(torch.from_numpy(batch.input)).double().numpy()
+    y = batch.target.astype(np.float64)
+    hit = y != 0
+    sq = (out - y) ** 2
+    want = {
+        "mse": sq.mean(),
+        "mae": np.abs(out - y).mean(),
+        "acb_mse": 3.0 * sq[hit].mean() + 0.5 * sq[~hit].mean(),
+    }
+    for name, value in want.items():
+        assert result.runs[name].curve[0] == pytest.approx(value, rel=1e-5), name
+
+
+def test_runs_are_reproducible_and_independent_of_the_other_losses():
+    a = run_demo(DemoOptions(**TINY, losses=("mse",)))
+    b = run_demo(DemoOptions(**TINY, losses=("acb_mse", "mse")))
+    c = run_demo(DemoOptions(**TINY, losses=("mse",), seed=1))
+    assert a.runs["mse"].curve == b.runs["mse"].curve
+    np.testing.assert_array_equal(a.runs["mse"].predictions, b.runs["mse"].predictions)
+    np.testing.assert_array_equal(a.heldout.input, b.heldout.input)
+    assert a.runs["mse"].curve != c.runs["mse"].curve
+    assert not np.array_equal(a.heldout.target, c.heldout.target)
+
+
+def test_global_random_state_and_thread_count_are_restored():
+    torch_state = torch.get_rng_state().clone()
+    np_state = np.random.get_state()[1].copy()
+    threads = torch.get_num_threads()
+    run_demo(DemoOptions(**{**TINY, "steps": 1, "threads": 2}, losses=("mae",)))
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    np.testing.assert_array_equal(np.random.get_state()[1], np_state)
+    assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 1), (3, 1), (4, 2), (8, 4), (64, 4)])
+def test_default_threads_is_half_the_cpus_from_1_to_4(monkeypatch, cpus, threads):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert demo_lib.default_threads() == threads
+
+
+def test_save_data_and_figure(tiny_result, tmp_path):
+    result, _ = tiny_result
+    written = demo_lib.save_data(result, tmp_path / "new" / "data")
+    names = sorted(p.name for p in written)
+    assert names == ["input.npy", "pred_acb_mse.npy", "pred_mae.npy", "pred_mse.npy", "target.npy"]
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "new/data/input.npy", allow_pickle=False), result.heldout.input
+    )
+    figure = demo_lib.save_figure(result, tmp_path / "fig")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith(".")]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": 0}, "--steps"),
+        ({"batch_size": 1.5}, "--batch-size"),
+        ({"seed": -1}, "--seed"),
+        ({"losses": ()}, "--losses"),
+        ({"losses": ("mse", "huber")}, "--losses"),
+        ({"hit_weight": -1.0}, "--hit-weight"),
+        ({"nonhit_weight": float("inf")}, "--nonhit-weight"),
+        ({"hit_weight": 0.0, "nonhit_weight": 0.0}, "both 0"),
+        ({"height": 20}, "multiple of 8"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+    ],
+)
+def test_bad_options_are_refused(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        DemoOptions(**kwargs)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", *args])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_json_output_shape_and_nothing_else(capsys):
+    code, out, err = run_cli(capsys, *TINY_CLI, "--format", "json")
+    assert code == 0
+    assert err == ""  # no progress bars: stderr is not a terminal here
+    data = json.loads(out)
+    assert list(data) == ["mse", "mae", "acb_mse"]
+    for metrics in data.values():
+        assert set(metrics) == METRIC_KEYS
+        assert {"recall", "precision", "f1", "blank_fraction"} <= set(metrics)
+        assert all(v is None or isinstance(v, (int, float)) for v in metrics.values())
+        assert 0.0 <= metrics["blank_fraction"] <= 1.0
+
+
+def test_losses_subset_in_the_order_given(capsys):
+    code, out, _ = run_cli(capsys, *TINY_CLI, "--format", "json", "--losses", "acb-mse, mse")
+    assert code == 0
+    assert list(json.loads(out)) == ["acb_mse", "mse"]
+
+
+def test_table_output(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    code, out, err = run_cli(capsys, *TINY_CLI, "--losses", "mse,acb_mse")
+    assert code == 0 and err == ""
+    assert "recall" in out and "precision" in out and "ACB-MSE" in out and "MSE" in out
+    assert "MAE" not in out  # not asked for
+    assert "output > 10" in out
+
+
+def test_progress_bars_on_a_terminal_stderr_and_quiet(capsys, monkeypatch):
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: treat stderr as a terminal
+    code, out, err = run_cli(capsys, *TINY_CLI, "--format", "json", "--losses", "mae")
+    assert code == 0 and "MAE" in err and "3/3" in err
+    assert list(json.loads(out)) == ["mae"]  # stdout stays plain JSON
+    code, out, err = run_cli(capsys, *TINY_CLI, "--format", "json", "--losses", "mae", "--quiet")
+    assert code == 0 and err == ""
+
+
+def test_save_data_files_are_readable_by_numpy_and_by_eval(capsys, tmp_path):
+    data, fig = tmp_path / "data", tmp_path / "fig"
+    code, out, _ = run_cli(
+        capsys, *TINY_CLI, "--format", "json", "--save-data", str(data), "--out", str(fig), "--seed", "4"
+    )
+    assert code == 0
+    metrics = json.loads(out)
+    x = np.load(data / "input.npy", allow_pickle=False)
+    y = np.load(data / "target.npy", allow_pickle=False)
+    assert x.shape == y.shape == (5, 1, 16, 24) and x.dtype == y.dtype == np.float32
+    assert np.all(x[y != 0] == y[y != 0])  # the noise model: every signal hit is in the input
+    for name in LOSS_NAMES:
+        pred = np.load(data / f"pred_{name}.npy", allow_pickle=False)
+        assert pred.shape == y.shape
+        assert_metrics_equal(metrics[name], reference_metrics(pred, y, 10.0, 1.0, 1.0))
+    assert (fig / "demo.png").read_bytes()[:4] == b"\x89PNG"
+    # `acbmse eval` reads the pair and reports the same per-class errors.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(data / "pred_acb_mse.npy"), str(data / "target.npy"), "--format", "json"])
+    assert exit_info.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    by_name = {c["name"]: c for c in report["classes"]}
+    assert by_name["hit"]["mse"] == pytest.approx(metrics["acb_mse"]["mse_hit"], rel=1e-9)
+    assert by_name["non-hit"]["mse"] == pytest.approx(metrics["acb_mse"]["mse_nonhit"], rel=1e-9)
+    assert report["acb_mse"] == pytest.approx(metrics["acb_mse"]["acb_mse"], rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--steps", "0"],
+        ["--steps", "many"],
+        ["--batch-size", "-2"],
+        ["--seed", "-1"],
+        ["--eval-frames", "0"],
+        ["--losses", ""],
+        ["--losses", "mse,,mae"],
+        ["--losses", "mse,mse"],
+        ["--losses", "mse,huber"],
+        ["--hit-weight", "-1"],
+        ["--hit-weight", "nan"],
+        ["--nonhit-weight", "inf"],
+        ["--hit-weight", "0", "--nonhit-weight", "0"],
+        ["--device", "tpu"],
+        ["--device", "cuda:99"],
+        ["--format", "xml"],
+        ["--threads", "0"],
+        ["--frame-size", "20x20"],
+        ["--frame-size", "4x8"],
+        ["--frame-size", "big"],
+        ["--no-such-option"],
+    ],
+)
+def test_bad_options_exit_2_with_one_line_and_write_nothing(capsys, tmp_path, args):
+    data = tmp_path / "data"
+    code, out, err = run_cli(capsys, "--save-data", str(data), "--out", str(tmp_path / "fig"), *args)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("acbmse: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("option", ["--out", "--save-data"])
+def test_output_folder_that_is_a_file_is_refused(capsys, tmp_path, option):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, out, err = run_cli(capsys, *TINY_CLI, option, str(blocker))
+    assert code == 2 and out == ""
+    assert err.startswith(f"acbmse: error: {option} {blocker}") and err.count("\n") == 1
+
+
+def test_cli_defaults_are_the_library_defaults():
+    import typer.main
+
+    command = typer.main.get_command(app).commands["demo"]  # type: ignore[attr-defined]
+    defaults = {p.name: p.default for p in command.params}
+    options = DemoOptions()
+    assert defaults["steps"] == options.steps
+    assert defaults["batch_size"] == options.batch_size
+    assert defaults["seed"] == options.seed
+    assert defaults["eval_frames"] == options.eval_frames
+    assert defaults["hit_weight"] == options.hit_weight and defaults["nonhit_weight"] == options.nonhit_weight
+    assert tuple(defaults["losses"].split(",")) == options.losses
+    assert defaults["frame_size"] == f"{options.height}x{options.width}"
+
+
+def test_end_to_end_subprocess(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "acbmse_cli", "demo", *TINY_CLI, "--format", "json", "--losses", "mse"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert list(json.loads(proc.stdout)) == ["mse"]
