@@ -5,12 +5,13 @@ order, same optimiser and learning rate, same number of steps) once per loss on 
 (:mod:`acbmse_cli.synthetic`), then evaluates every model on one held-out set.  The result is plain data;
 :func:`metrics_table`, :func:`save_data` and :func:`save_figure` render or store it.
 
-**Metrics on the held-out set.**  The truth is the target's hit class (``target > 0``).  A pixel of a
+**Metrics on the held-out set.**  The truth is the target's hit class (``|target| > 0``).  A pixel of a
 model's output counts as a *detected hit* when its value is above the detection threshold, which is half
 the smallest hit value of the data (``tof_min / 2``: 10 by default, hits lie in [20, 100]).  From the
 counts of :func:`acbmse_cli.loss.detection_counts`: recall ``tp / (tp + fn)``, precision ``tp / (tp + fp)``
 and F1 ``2 tp / (2 tp + fp + fn)``, pooled over all held-out frames (``None`` where the denominator is 0,
-e.g. precision of a model that detects nothing).  A *blank* output is a frame with no pixel above the
+e.g. precision of a model that detects nothing; errors are ``None`` where they are not finite, as after a
+diverged run).  A *blank* output is a frame with no pixel above the
 detection threshold; ``blank_fraction`` is the share of held-out frames whose output is blank.  The
 per-class errors come from :func:`acbmse_cli.loss.class_stats` in float64, pooled over the held-out set,
 the same statistics ``acbmse eval`` reports: ``mse_hit`` and ``mse_nonhit`` (the mean squared error over
@@ -403,7 +404,7 @@ def run_demo(
         for name in options.losses:
             predictions = _predict(models[name], heldout.input, device, options.batch_size)
             metrics = heldout_metrics(predictions, heldout.target, options)
-            metrics["final_train_loss"] = curves[name][-1]
+            metrics["final_train_loss"] = _finite(curves[name][-1])
             runs[name] = LossRun(name=name, curve=curves[name], metrics=metrics, predictions=predictions)
 
     return DemoResult(
@@ -457,12 +458,17 @@ def heldout_metrics(
         "mse_hit": _ratio_f(sse[1], count[1]),
         "mse_nonhit": _ratio_f(sse[0], count[0]),
         "mse": _ratio_f(sse[0] + sse[1], count[0] + count[1]),
-        "acb_mse": acb,
+        "acb_mse": _finite(acb),
     }
 
 
 def _ratio_f(numerator: float, denominator: int) -> float | None:
-    return numerator / denominator if denominator else None
+    return _finite(numerator / denominator) if denominator else None
+
+
+def _finite(value: float) -> float | None:
+    """``None`` for NaN or infinity (a diverged run), so that the JSON output stays valid."""
+    return value if math.isfinite(value) else None
 
 
 # --------------------------------------------------------------------------- rendering and files

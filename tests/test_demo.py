@@ -129,6 +129,18 @@ def test_undefined_ratios_are_none():
     assert no_hits["recall"] is None and no_hits["f1"] is None and no_hits["mse_hit"] is None
 
 
+def test_a_diverged_output_reports_none_not_nan():
+    target = np.zeros((2, 1, 8, 8), np.float32)
+    target[:, 0, 1, 1] = 50.0
+    pred = np.full_like(target, np.nan)
+    got = heldout_metrics(pred, target, DemoOptions(height=8, width=8))
+    assert (
+        got["mse_hit"] is None and got["mse_nonhit"] is None and got["mse"] is None and got["acb_mse"] is None
+    )
+    assert got["recall"] == 0.0  # NaN is never above the detection threshold
+    json.dumps(got, allow_nan=False)
+
+
 def test_the_detection_threshold_is_half_the_smallest_hit_value():
     options = DemoOptions()
     assert options.detect_threshold == options.data_config().tof_min / 2 == 10.0
