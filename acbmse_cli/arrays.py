@@ -128,8 +128,7 @@ class ArraySource:
         Values come as float32 (float16, bfloat16 and float32 files) or
         float64 (float64, integer and bool files); labels as an integer
         dtype.  The range must be one of :func:`chunk_ranges`.  The tensor
-        may share memory with the file or with a buffer reused by the next
-        call: use it before reading again, and never write to it.
+        may share memory with the file (a memory map): never write to it.
         """
         raise NotImplementedError
 
@@ -224,12 +223,10 @@ class _StreamSource(ArraySource):
             self._ensure_buffer(n * itemsize)
             self._read_exactly(n * itemsize, memoryview(self._buffer))
             self._position += n
-        nbytes = (stop - start) * itemsize
-        self._ensure_buffer(nbytes)
-        self._read_exactly(nbytes, memoryview(self._buffer))
+        data = bytearray((stop - start) * itemsize)  # fresh: the caller may still use the previous chunk
+        self._read_exactly(len(data), memoryview(data))
         self._position = stop
-        chunk = np.frombuffer(self._buffer, dtype=self._np_dtype, count=stop - start)
-        return _to_torch(chunk, self.role)
+        return _to_torch(np.frombuffer(data, dtype=self._np_dtype), self.role)
 
     def _ensure_buffer(self, nbytes: int) -> None:
         if len(self._buffer) < nbytes:

@@ -18,9 +18,10 @@ a plain data object that :mod:`acbmse_cli.report` renders.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ __all__ = [
     "parse_numbers",
 ]
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 18
+DEFAULT_CHUNK_ELEMENTS = 1 << 17
 """Elements per chunk: big enough that per-call overhead vanishes, small enough for the CPU caches."""
 
 NAN_POLICIES = ("raise", "omit")
@@ -335,8 +336,27 @@ def _replace_rows(stats: ClassStats, rows: list[int], parts: list[ClassStats]) -
     return ClassStats(**values)
 
 
+@dataclass
+class _ChunkResult:
+    """What one chunk adds to the sums, before :meth:`_Evaluator.fold` adds it."""
+
+    start: int
+    stop: int
+    rows: bool  # whole samples (stats per sample) or not (stats pooled)
+    stats: ClassStats
+    nonfinite: tuple[int, int] = (0, 0)
+    first_bad: tuple[int, int] | None = None
+    omitted: int = 0
+    detection: torch.Tensor | None = None
+
+
 class _Evaluator:
-    """Streams the files of one process's share and adds up the statistics."""
+    """Streams the files of one process's share and adds up the statistics.
+
+    :meth:`compute` turns a chunk into a :class:`_ChunkResult` (the chunk's
+    statistics, its non-finite values); :meth:`fold` adds the results up in
+    chunk order, and keeps the running per-sample ranking.
+    """
 
     def __init__(
         self,
@@ -375,10 +395,18 @@ class _Evaluator:
             top=_TopK.empty(top, self.num_classes) if per_sample else None,
         )
 
+    # ---- reading (in order: some sources are streams)
+
+    def read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        x = self.pred.read(start, stop).to(self.device)
+        y = self.target.read(start, stop).to(self.device)
+        lab = self.labels.read(start, stop).to(self.device) if self.labels is not None else None
+        return x, y, lab
+
     # ---- one chunk
 
     def _class_stats(
-        self, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, per_sample: bool
+        self, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, per_sample: bool, start: int
     ) -> ClassStats:
         import torch
 
@@ -398,17 +426,17 @@ class _Evaluator:
         except ValueError as exc:
             if lab is None:
                 raise
-            raise self._label_error(lab) from exc
+            raise self._label_error(lab, start) from exc
 
-    def _label_error(self, lab: torch.Tensor) -> InputError:
+    def _label_error(self, lab: torch.Tensor, start: int) -> InputError:
         import torch
 
         assert self.labels is not None
         bad = ((lab < 0) | (lab >= self.num_classes)).reshape(-1)
-        where = int(torch.argmax(bad.to(torch.uint8))) + self._chunk_start
-        value = int(lab.reshape(-1)[where - self._chunk_start])
+        offset = int(torch.argmax(bad.to(torch.uint8)))
+        value = int(lab.reshape(-1)[offset])
         return InputError(
-            f"{self.labels.name}: label {value} at index {self._index(where)} is outside "
+            f"{self.labels.name}: label {value} at index {self._index(start + offset)} is outside "
             f"0..{self.num_classes - 1} (--class-weights names {self.num_classes} classes)"
         )
 
@@ -421,93 +449,95 @@ class _Evaluator:
             return flat
         return tuple(int(i) for i in np.unravel_index(flat, self.shape))
 
-    def _detect(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def compute(
+        self, start: int, stop: int, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None
+    ) -> _ChunkResult:
+        """The statistics of elements ``[start, stop)`` (whose values are ``x``, ``y``, ``lab``)."""
+        import torch
+
         from acbmse_cli.loss import detection_counts
 
-        assert self.detect_threshold is not None and self.partial.detection is not None
-        self.partial.detection += detection_counts(
-            x.reshape(-1),
-            y.reshape(-1),
-            hit_threshold=self.classes.hit_threshold,
-            detect_threshold=self.detect_threshold,
-        )
-
-    def _finite_masks(self, x: torch.Tensor, y: torch.Tensor, start: int) -> torch.Tensor | None:
-        """Count and locate the non-finite values of a chunk; the mask of the finite pairs, or None."""
-        import torch
-
-        fx, fy = torch.isfinite(x), torch.isfinite(y)
-        keep = fx & fy
-        if bool(keep.all()):
-            return None  # the sums overflowed, but every value is finite
-        for i, finite in enumerate((fx, fy)):
-            bad = ~finite.reshape(-1)
-            n = int(bad.sum())
-            if n:
-                self.partial.nonfinite[i] += n
-                first = start + int(torch.argmax(bad.to(torch.uint8)))
-                self.partial.first_bad[i] = min(self.partial.first_bad[i], first)
-        self.partial.omitted += int((~keep).sum())
-        return keep
-
-    def add_chunk(self, start: int, stop: int) -> None:
-        import torch
-
-        self._chunk_start = start
-        x = self.pred.read(start, stop).to(self.device)
-        y = self.target.read(start, stop).to(self.device)
-        lab = self.labels.read(start, stop).to(self.device) if self.labels is not None else None
         rows = self.per_sample and start % self.row_size == 0 and (stop - start) % self.row_size == 0
         if rows:  # whole samples: one group each
             n_rows = (stop - start) // self.row_size
             x, y = x.reshape(n_rows, -1), y.reshape(n_rows, -1)
             lab = lab.reshape(n_rows, -1) if lab is not None else None
-        stats = self._class_stats(x, y, lab, per_sample=rows)
-        failed = self.partial.nonfinite != [0, 0] and not self.omit
-        keep = None
+        result = _ChunkResult(start, stop, rows, self._class_stats(x, y, lab, rows, start))
         if self.check_finite:
+            # A NaN or Inf in either file makes its class's sum of targets or of predictions
+            # non-finite: the sums show whether the chunk needs a closer look, at no cost.
+            stats = result.stats
             assert stats.sum_input is not None and stats.sum_target is not None
-            if not bool(torch.isfinite(stats.sum_input).all() & torch.isfinite(stats.sum_target).all()):
-                keep = self._finite_masks(x, y, start)
-        if keep is not None and not self.omit:
-            failed = True
-        if failed:
-            return  # the run ends in an error: only the non-finite values are still counted
-        if keep is not None:
-            stats = self._omit(x, y, lab, keep, stats, rows)
-            x, y = x[keep], y[keep]
+            if not math.isfinite(float(stats.sum_input.sum() + stats.sum_target.sum())):
+                fx, fy = torch.isfinite(x), torch.isfinite(y)
+                keep = fx & fy
+                if not bool(keep.all()):  # else finite values whose sums overflowed: nothing to leave out
+                    bad_x, bad_y = ~fx.reshape(-1), ~fy.reshape(-1)
+                    result.nonfinite = (int(bad_x.sum()), int(bad_y.sum()))
+                    result.first_bad = (
+                        start + int(torch.argmax(bad_x.to(torch.uint8)))
+                        if result.nonfinite[0]
+                        else self.pred.size,
+                        start + int(torch.argmax(bad_y.to(torch.uint8)))
+                        if result.nonfinite[1]
+                        else self.target.size,
+                    )
+                    result.omitted = int((~keep).sum())
+                    if not self.omit:
+                        return result  # the run ends in an error; only the counts matter now
+                    result.stats = self._omit(x, y, lab, keep, result.stats, rows, start)
+                    x, y = x[keep], y[keep]
         if self.detect_threshold is not None:
-            self._detect(x, y)
-        if not self.per_sample:
-            self.partial.stats = self.partial.stats + stats
-            return
-        if rows:
-            self.partial.stats = self.partial.stats + stats.pooled()
-            self._offer(start // self.row_size, stats)
-            return
-        # part of one sample: add it up until the sample is complete
-        self.partial.stats = self.partial.stats + stats
-        row = self.partial.row_stats
-        self.partial.row_stats = stats if row is None else row + stats
-        if stop % self.row_size == 0:
-            self._offer(start // self.row_size, self.partial.row_stats)
-            self.partial.row_stats = None
+            result.detection = detection_counts(
+                x.reshape(-1),
+                y.reshape(-1),
+                hit_threshold=self.classes.hit_threshold,
+                detect_threshold=self.detect_threshold,
+            )
+        return result
 
     def _omit(
         self, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, keep: torch.Tensor,
-        stats: ClassStats, rows: bool,
+        stats: ClassStats, rows: bool, start: int,
     ) -> ClassStats:  # fmt: skip
         """The chunk's statistics without the elements where ``keep`` is False."""
         if not rows:
-            return self._class_stats(x[keep], y[keep], None if lab is None else lab[keep], per_sample=False)
+            return self._class_stats(x[keep], y[keep], None if lab is None else lab[keep], False, start)
         bad_rows = [int(r) for r in (~keep.all(dim=1)).nonzero().reshape(-1)]
         parts = [
             self._class_stats(
-                x[r][keep[r]], y[r][keep[r]], None if lab is None else lab[r][keep[r]], per_sample=False
+                x[r][keep[r]], y[r][keep[r]], None if lab is None else lab[r][keep[r]], False, start
             )
             for r in bad_rows
         ]
         return _replace_rows(stats, bad_rows, parts)
+
+    # ---- adding up, in chunk order
+
+    def fold(self, result: _ChunkResult) -> None:
+        partial = self.partial
+        if result.first_bad is not None:
+            for i in (0, 1):
+                partial.nonfinite[i] += result.nonfinite[i]
+                partial.first_bad[i] = min(partial.first_bad[i], result.first_bad[i])
+            partial.omitted += result.omitted
+        if partial.nonfinite != [0, 0] and not self.omit:
+            return  # the run ends in an error: only the non-finite values are still counted
+        if result.detection is not None:
+            assert partial.detection is not None
+            partial.detection += result.detection
+        stats = result.stats
+        if not self.per_sample:
+            partial.stats = partial.stats + stats
+        elif result.rows:
+            partial.stats = partial.stats + stats.pooled()
+            self._offer(result.start // self.row_size, stats)
+        else:  # part of one sample: add it up until the sample is complete
+            partial.stats = partial.stats + stats
+            partial.row_stats = stats if partial.row_stats is None else partial.row_stats + stats
+            if result.stop % self.row_size == 0:
+                self._offer(result.start // self.row_size, partial.row_stats)
+                partial.row_stats = None
 
     def _offer(self, first_row: int, stats: ClassStats) -> None:
         import torch
@@ -518,6 +548,53 @@ class _Evaluator:
         losses = balanced_loss(stats, self.classes.weights)
         index = torch.arange(first_row, first_row + losses.shape[0], dtype=torch.int64)
         self.partial.top.offer(losses, index, stats.count, stats.sse)
+
+    # ---- the loop
+
+    def run(self, ranges: Iterable[tuple[int, int]], progress: Callable[[int], None]) -> None:
+        """Read, compute and fold every range, on one CPU thread (or the GPU)."""
+        import torch
+
+        threads = torch.get_num_threads()
+        # One thread: the steps of a chunk are too short for torch's thread team, whose
+        # barriers stall every step whenever another process holds one of the cores.
+        # More cores: more processes, under torchrun.
+        torch.set_num_threads(1)
+        try:
+            with _recycled_temporaries():
+                for start, stop in ranges:
+                    self.fold(self.compute(start, stop, *self.read(start, stop)))
+                    progress(stop - start)
+        finally:
+            torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _recycled_temporaries() -> Iterator[None]:
+    """Let glibc's malloc reuse the chunks' temporaries instead of mapping fresh pages each time.
+
+    Each chunk allocates a few buffers of some MB.  By default glibc serves blocks that size
+    with mmap and unmaps them when freed, and trims the heap above 128 kB: every chunk then
+    pays a page fault per 4 kB it touches (a third of the run time here).  Raising both
+    thresholds keeps the freed buffers for the next chunk; the defaults come back afterwards.
+    """
+    import ctypes
+    import ctypes.util
+
+    mallopt = None
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    if mallopt is None:
+        yield
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 256 << 20)
+    try:
+        yield
+    finally:
+        mallopt(m_mmap_threshold, 128 << 10)
+        mallopt(m_trim_threshold, 128 << 10)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -729,14 +806,17 @@ def evaluate_files(
         first, last = rows * rank // world, rows * (rank + 1) // world
         total = (last - first) * evaluator.row_size
         done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, total)
+
         error: str | None = None
         try:
             with torch.inference_mode():
-                for start, stop in chunk_ranges(t.shape, chunk, (first, last)):
-                    evaluator.add_chunk(start, stop)
-                    done += stop - start
-                    if progress is not None:
-                        progress(done, total)
+                evaluator.run(chunk_ranges(t.shape, chunk, (first, last)), advance)
         except InputError as exc:
             if world == 1:
                 raise

@@ -151,3 +151,12 @@ def test_delayed_progress_stays_silent_for_quick_work(capsys: pytest.CaptureFixt
         assert bar._progress is not None
         bar(100, 100)
     assert bar._progress is None
+
+
+def test_leaves_torch_thread_count_as_it_was(tmp_path: Path) -> None:
+    pred, target = _pair((3, 4), seed=6)
+    np.save(tmp_path / "p.npy", pred)
+    np.save(tmp_path / "t.npy", target)
+    threads = torch.get_num_threads()
+    evaluate_files(tmp_path / "p.npy", tmp_path / "t.npy")
+    assert torch.get_num_threads() == threads
