@@ -457,6 +457,10 @@ class _Evaluator:
 
         from acbmse_cli.loss import detection_counts
 
+        if lab is not None and lab.device.type != "cpu":  # class_stats range-checks labels on the CPU only
+            low, high = (int(v) for v in torch.aminmax(lab))
+            if low < 0 or high >= self.num_classes:
+                raise self._label_error(lab, start)
         rows = self.per_sample and start % self.row_size == 0 and (stop - start) % self.row_size == 0
         if rows:  # whole samples: one group each
             n_rows = (stop - start) // self.row_size

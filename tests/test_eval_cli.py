@@ -365,7 +365,8 @@ def test_overflowing_sums_are_not_nan(tmp_path: Path, capsys: pytest.CaptureFixt
     np.save(tmp_path / "t.npy", np.array([-1e300, 0.0]))
     got = eval_json([tmp_path / "p.npy", tmp_path / "t.npy"], capsys)
     assert got["classes"][1]["mse"] is None and got["acb_mse"] is None  # inf has no JSON form
-    assert got["classes"][1]["count"] == 1
+    assert got["classes"][1]["count"] == 1 and got["classes"][1]["max_abs_error"] == 2e300
+    assert got["classes"][0]["mse"] == 0.0 and got["classes"][0]["max_abs_error"] == 0.0  # the other class is clean
 
 
 # --------------------------------------------------------------------------- bad input
