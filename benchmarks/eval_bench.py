@@ -11,7 +11,9 @@ so that starting Python and importing torch is not counted) is at least 1.5 time
 
 Needs about 2.8 GB of free space in the temporary folder (``--dir`` picks another).  Every
 run is a fresh process; the rounds interleave the contenders (in a rotating order) and the
-medians are reported, so that load elsewhere on the machine hits all of them alike.
+medians are reported, so that load elsewhere on the machine hits all of them alike.  The
+CPU time (user + system) of the same runs is reported beside the wall time: on a shared
+machine it is the steadier of the two.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -82,10 +85,16 @@ def _rss_anon_kb(pid: int) -> int | None:
     return None
 
 
-def measure(command: list[str]) -> tuple[float, float | None, str]:
-    """Run a command: (wall seconds, peak RssAnon in MB polled every 2 ms or None, stdout)."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(command: list[str]) -> tuple[float, float, float | None, str]:
+    """Run a command: (wall seconds, CPU seconds, peak RssAnon in MB polled every 2 ms or None, stdout)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     peak = [0]
+    cpu_before = _children_cpu()
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -104,7 +113,7 @@ def measure(command: list[str]) -> tuple[float, float | None, str]:
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): {err.strip()}")
     has_proc = Path("/proc/self/status").exists()
-    return elapsed, (peak[0] / 1024 if has_proc else None), out
+    return elapsed, _children_cpu() - cpu_before, (peak[0] / 1024 if has_proc else None), out
 
 
 def _commands(pred: Path, target: Path) -> dict[str, list[str]]:
@@ -157,6 +166,7 @@ def run(rounds: int = 3, samples: int = 30000, folder: str | None = None) -> dic
         jobs = [(name, size, command) for size, pair in (("big", big), ("tiny", tiny))
                 for name, command in _commands(*pair).items()]  # fmt: skip
         seconds: dict[tuple[str, str], list[float]] = {(n, s): [] for n, s, _ in jobs}
+        cpu: dict[tuple[str, str], list[float]] = {(n, s): [] for n, s, _ in jobs}
         rss: dict[tuple[str, str], list[float]] = {(n, s): [] for n, s, _ in jobs}
         outputs: dict[tuple[str, str], str] = {}
         for _ in range(2):  # untimed: imports warm
@@ -165,14 +175,16 @@ def run(rounds: int = 3, samples: int = 30000, folder: str | None = None) -> dic
                     measure(command)
         for r in range(rounds):
             for name, size, command in jobs[r % len(jobs) :] + jobs[: r % len(jobs)]:
-                elapsed, peak, out = measure(command)
+                elapsed, cpu_seconds, peak, out = measure(command)
                 seconds[(name, size)].append(elapsed)
+                cpu[(name, size)].append(cpu_seconds)
                 if peak is not None:
                     rss[(name, size)].append(peak)
                 outputs[(name, size)] = out
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     median = {key: statistics.median(values) for key, values in seconds.items()}
+    median_cpu = {key: statistics.median(values) for key, values in cpu.items()}
     result: dict[str, Any] = {"shape": [samples, *IMAGE], "dtype": "float32", "bytes_both_files": big_bytes}
     for name in ("acbmse eval", "numpy baseline"):
         marginal = median[(name, "big")] - median[(name, "tiny")]
@@ -182,10 +194,12 @@ def run(rounds: int = 3, samples: int = 30000, folder: str | None = None) -> dic
             "marginal_seconds": marginal,
             "marginal_GB_per_s": big_bytes / marginal / 1e9 if marginal > 0 else None,
             "big_seconds_all_rounds": seconds[(name, "big")],
+            "marginal_cpu_seconds": median_cpu[(name, "big")] - median_cpu[(name, "tiny")],
             "peak_rss_anon_MB": max(rss[(name, "big")]) if rss[(name, "big")] else None,
         }
     ours, baseline = result["acbmse eval"], result["numpy baseline"]
     speedup = baseline["marginal_seconds"] / ours["marginal_seconds"]
+    cpu_speedup = baseline["marginal_cpu_seconds"] / ours["marginal_cpu_seconds"]
     agreement = _agreement(
         json.loads(outputs[("acbmse eval", "big")]), json.loads(outputs[("numpy baseline", "big")])
     )
@@ -195,9 +209,11 @@ def run(rounds: int = 3, samples: int = 30000, folder: str | None = None) -> dic
         load_average_before_after=[load_before, load_after],
         generate_seconds=generated,
         speedup=speedup,
+        cpu_time_speedup=cpu_speedup,
         agreement=agreement,
         summary={
             "marginal_speedup_over_numpy": round(speedup, 2),
+            "marginal_cpu_time_speedup_over_numpy": round(cpu_speedup, 2),
             "target_speedup": TARGET_SPEEDUP,
             "speedup_met": speedup >= TARGET_SPEEDUP,
             "peak_rss_anon_MB": None
@@ -220,7 +236,7 @@ def render(result: dict[str, Any]) -> None:
     table = Table(
         title=f"eval of a float32 pair {shape} ({result['bytes_both_files'] / 1e9:.2f} GB), page cache warm"
     )
-    for column in ("contender", "big pair", "tiny pair", "marginal", "GB/s", "peak RssAnon"):
+    for column in ("contender", "big pair", "tiny pair", "marginal", "GB/s", "marginal CPU", "peak RssAnon"):
         table.add_column(column, justify="left" if column == "contender" else "right")
     for name in ("acbmse eval", "numpy baseline"):
         row = result[name]
@@ -230,14 +246,16 @@ def render(result: dict[str, Any]) -> None:
             f"{row['tiny_seconds']:.2f} s",
             f"{row['marginal_seconds']:.2f} s",
             "-" if row["marginal_GB_per_s"] is None else f"{row['marginal_GB_per_s']:.2f}",
+            f"{row['marginal_cpu_seconds']:.2f} s",
             "-" if row["peak_rss_anon_MB"] is None else f"{row['peak_rss_anon_MB']:.0f} MB",
         )
-    Console().print(table)
+    Console(width=max(Console().width, 120)).print(table)
     s = result["summary"]
     difference = result["agreement"]["max_relative_sse_difference"]
     print(
         f"marginal speedup over numpy: {s['marginal_speedup_over_numpy']:.2f}x "
-        f"(target >= {s['target_speedup']}x: {'met' if s['speedup_met'] else 'NOT met'}); "
+        f"(target >= {s['target_speedup']}x: {'met' if s['speedup_met'] else 'NOT met'}; "
+        f"in CPU time {s['marginal_cpu_time_speedup_over_numpy']:.2f}x); "
         f"peak RssAnon {s['peak_rss_anon_MB']} MB "
         f"(target <= {s['target_rss_anon_MB']:.0f} MB: {'met' if s['memory_met'] else 'NOT met'}); "
         f"results agree: {s['results_agree']} (max relative SSE difference {difference:.1e}); "
