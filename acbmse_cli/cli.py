@@ -52,6 +52,138 @@ def _root(
 # Commands are registered below, one section each; each imports what it needs inside.
 
 
+# --------------------------------------------------------------------------- eval
+
+
+@app.command("eval")
+def eval_command(
+    pred: str = typer.Argument(..., help="Predictions: .npy, .npz or .pt (a tensor, or a dict of tensors)."),
+    target: str = typer.Argument(..., help="Ground truth of the same shape, same formats."),
+    pred_key: Optional[str] = typer.Option(  # noqa: UP045 - typer reads the annotation
+        None, "--pred-key", help="Which array of a PRED .npz (or entry of a .pt dict) to read."
+    ),
+    target_key: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--target-key", help="Which array of a TARGET .npz (or entry of a .pt dict) to read."
+    ),
+    hit_threshold: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--hit-threshold", help="Hits are the elements with |target| > this (default 0)."
+    ),
+    hit_weight: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--hit-weight", help="A: weight of the hit class (default 1)."
+    ),
+    nonhit_weight: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--nonhit-weight", help="B: weight of the non-hit class (default 1)."
+    ),
+    labels: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--labels", help="n classes: a file of integer labels in [0, n), the target's shape."
+    ),
+    class_weights: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--class-weights", help="With --labels: one weight per class, e.g. 0.2,1,3."
+    ),
+    class_names: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--class-names", help="Names of the classes in label order, e.g. bg,track,shower."
+    ),
+    output_format: str = typer.Option("table", "--format", help="table (rich), json or csv, on stdout."),
+    per_sample: bool = typer.Option(
+        False, "--per-sample", help="Also list the samples (dim 0) with the worst ACB-MSE."
+    ),
+    top: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--top", help="How many worst samples --per-sample lists (default 10)."
+    ),
+    detect_threshold: Optional[float] = typer.Option(  # noqa: UP045
+        None,
+        "--detect-threshold",
+        help="Also report recall, precision and F1 of 'prediction > T' against the true hits.",
+    ),
+    fail_above: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--fail-above", help="Exit with code 1 when the ACB-MSE is above this (a CI gate)."
+    ),
+    nan_policy: str = typer.Option(
+        "raise",
+        "--nan-policy",
+        help="NaN/Inf in either file: raise (an error saying how many, and where) or omit (leave them out).",
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="Where the arithmetic runs: auto (CUDA when present), cpu, cuda, cuda:N."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    chunk_elements: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--chunk-elements", hidden=True, help="Elements per chunk (for tests)."
+    ),
+) -> None:
+    """Per-class error report of stored predictions against targets (MSE, MAE, ACB-MSE...).
+
+    The files are streamed in chunks (any size, bounded memory) and the statistics summed in
+    float64.  Under torchrun (python -m torch.distributed.run --nproc-per-node N -m acbmse_cli
+    eval ...) the processes split the work and rank 0 prints.
+
+    Exit codes: 0 ok; 1 the ACB-MSE is above --fail-above; 2 bad usage or bad input (a missing,
+    corrupt or mismatched file, NaN/Inf without --nan-policy omit, a bad option).
+    """
+    import contextlib
+    import math
+
+    if output_format not in ("table", "json", "csv"):
+        raise InputError(f"--format must be table, json or csv, got {output_format!r}")
+    if fail_above is not None and math.isnan(fail_above):
+        raise InputError("--fail-above must be a number, got nan")
+    if device.strip().lower() == "mps":
+        raise InputError("--device mps cannot sum in float64, which eval needs: use cpu or cuda")
+
+    from acbmse_cli import evaluate
+    from acbmse_cli.report import DelayedProgress, render_csv, render_json, render_table, stdout_console
+
+    weights = None if class_weights is None else evaluate.parse_numbers(class_weights, "--class-weights")
+    names = None if class_names is None else evaluate.parse_names(class_names, "--class-names")
+    rank, _ = evaluate.init_distributed()
+    try:
+        bar = DelayedProgress() if rank == 0 and not quiet and sys.stderr.isatty() else None
+        try:
+            with bar if bar is not None else contextlib.nullcontext():
+                result = evaluate.evaluate_files(
+                    pred,
+                    target,
+                    pred_key=pred_key,
+                    target_key=target_key,
+                    labels=labels,
+                    hit_threshold=hit_threshold,
+                    hit_weight=hit_weight,
+                    nonhit_weight=nonhit_weight,
+                    class_weights=weights,
+                    class_names=names,
+                    per_sample=per_sample,
+                    top=top,
+                    detect_threshold=detect_threshold,
+                    nan_policy=nan_policy,
+                    device=device,
+                    chunk_elements=chunk_elements,
+                    progress=bar,
+                )
+        except InputError:
+            if rank != 0:
+                raise typer.Exit(2) from None  # rank 0 says it
+            raise
+    finally:
+        evaluate.finish_distributed()
+
+    if rank == 0:
+        if result.omitted:
+            sys.stderr.write(
+                f"acbmse: left out {result.omitted} elements with NaN or Inf (--nan-policy omit)\n"
+            )
+        if output_format == "json":
+            sys.stdout.write(render_json(result))
+        elif output_format == "csv":
+            sys.stdout.write(render_csv(result))
+        else:
+            render_table(result, stdout_console())
+        sys.stdout.flush()
+    if fail_above is not None and result.acb_mse > fail_above:
+        if rank == 0:
+            sys.stderr.write(f"acbmse: ACB-MSE {result.acb_mse:.6g} is above --fail-above {fail_above:g}\n")
+        raise typer.Exit(1)
+
+
 # --------------------------------------------------------------------------- curves
 
 
@@ -150,6 +282,119 @@ def curves(
             row = (sweep.x[i], sweep.mse[i], sweep.mae[i], sweep.acb_mse[i])
             table.add_row(label, *(f"{v:.6g}" for v in row))
         console.print(table)
+    for path in written:
+        console.print(f"Wrote {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    steps: int = typer.Option(1000, "--steps", help="Optimiser steps per loss (>= 1)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Frames per training step (>= 1)."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seeds the data and the initial weights (>= 0); CPU runs repeat exactly."
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="Where to train: auto (CUDA when present), cpu, cuda, cuda:N or mps."
+    ),
+    losses: str = typer.Option(
+        "mse,mae,acb_mse", "--losses", help="Comma-separated subset of mse, mae, acb_mse, in table order."
+    ),
+    hit_weight: float = typer.Option(1.0, "--hit-weight", help="A: ACB-MSE weight of the hit class (>= 0)."),
+    nonhit_weight: float = typer.Option(
+        1.0, "--nonhit-weight", help="B: ACB-MSE weight of the non-hit class (>= 0)."
+    ),
+    eval_frames: int = typer.Option(200, "--eval-frames", help="Frames in the held-out set (>= 1)."),
+    out: Optional[str] = typer.Option(  # noqa: UP045 - typer reads the annotation
+        None, "--out", help="Folder for the figure demo.png (held-out frames and loss curves)."
+    ),
+    save_data: Optional[str] = typer.Option(  # noqa: UP045 - typer reads the annotation
+        None,
+        "--save-data",
+        help=(
+            "Folder for the held-out set as .npy files: input.npy, target.npy and pred_<loss>.npy, "
+            "float32 (N, 1, H, W); e.g. acbmse eval DIR/pred_acb_mse.npy DIR/target.npy."
+        ),
+    ),
+    output_format: Literal["table", "json"] = typer.Option(
+        "table", "--format", help="stdout: a rich table (table) or one JSON object {loss: {metric: value}}."
+    ),
+    threads: Optional[int] = typer.Option(  # noqa: UP045 - typer reads the annotation
+        None, "--threads", help="torch CPU threads (default: half the CPUs available, 1 to 4)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars on stderr."),
+    frame_size: str = typer.Option("88x128", "--frame-size", hidden=True),
+) -> None:
+    """Train one small denoising autoencoder per loss (MSE, MAE, ACB-MSE) on synthetic detector frames.
+
+    Same initial weights, batches, optimiser and steps for every loss.
+    Each model is then scored on a held-out set: hit recall, precision, F1
+    (a hit is detected where the output is above 10, half the smallest hit
+    value), the share of blank outputs (no pixel above 10), MSE per class.
+    """
+    from acbmse_cli.demo import DemoOptions, parse_frame_size, parse_losses, prepare_output_dir
+    from acbmse_cli.devices import resolve_device
+
+    height, width = parse_frame_size(frame_size)
+    options = DemoOptions(
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        losses=parse_losses(losses),
+        hit_weight=hit_weight,
+        nonhit_weight=nonhit_weight,
+        eval_frames=eval_frames,
+        height=height,
+        width=width,
+        threads=threads,
+    )
+    out_dir = None if out is None else prepare_output_dir(out, "--out")
+    data_dir = None if save_data is None else prepare_output_dir(save_data, "--save-data")
+    torch_device = resolve_device(device)
+
+    import json
+    from contextlib import nullcontext
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from acbmse_cli.demo import LOSS_LABELS, metrics_table, run_demo, save_figure
+    from acbmse_cli.demo import save_data as write_data
+
+    stderr = Console(stderr=True)
+    show_progress = not quiet and stderr.is_terminal
+    bars = Progress(
+        TextColumn("{task.description:>8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4g}"),
+        TimeElapsedColumn(),
+        console=stderr,
+        disable=not show_progress,
+    )
+    tasks = {
+        name: bars.add_task(LOSS_LABELS[name], total=options.steps, loss=float("nan"))
+        for name in options.losses
+    }
+
+    def on_step(name: str, step: int, total: int, value: float) -> None:
+        bars.update(tasks[name], completed=step, loss=value)
+
+    with bars if show_progress else nullcontext():
+        result = run_demo(options, device=torch_device, progress=on_step if show_progress else None)
+    written = []
+    if data_dir is not None:
+        written += write_data(result, data_dir)
+    if out_dir is not None:
+        written.append(save_figure(result, out_dir))
+
+    if output_format == "json":
+        sys.stdout.write(json.dumps(result.metrics(), indent=2) + "\n")
+        return
+    console = Console()
+    console.print(metrics_table(result))
     for path in written:
         console.print(f"Wrote {path}", markup=False, highlight=False, soft_wrap=True)
 

@@ -385,6 +385,49 @@ class _ClassSSE(torch.autograd.Function):
         return (grad if need_x else None), (-grad if need_y else None), None, None, None
 
 
+def _extended_by_matmul(
+    x: Tensor, y: Tensor, labels2d: Tensor | None, hit_threshold: float, num_classes: int, acc: torch.dtype
+) -> ClassStats | None:
+    """Every field of ``class_stats(..., extended=True)`` for ``(S, M)`` views, without autograd.
+
+    One ``(S, 4, M)`` matrix of values ``[d^2, |d|, y, x]`` (``d = x - y``) times the ``(S, M, K)``
+    0/1 class-membership matrix gives all ``4 K`` sums of each group in a single pass; the
+    products with 1 and 0 are exact, so this is the same sum as masking, in another order.
+    Except for a non-finite value, whose product with 0 is NaN in every class: then None
+    (one host sync), and the caller masks instead.
+    """
+    groups, width = x.shape
+    values = torch.empty(groups, 4, width, dtype=acc, device=x.device)
+    xs, ys, err, sq = values[:, 3], values[:, 2], values[:, 1], values[:, 0]
+    xs.copy_(x)
+    ys.copy_(y)
+    torch.sub(xs, ys, out=err).abs_()
+    torch.mul(err, err, out=sq)
+    member = torch.empty(groups, num_classes, width, dtype=acc, device=x.device)
+    if labels2d is None:
+        hit = member[:, 1]
+        torch.abs(ys, out=hit)
+        torch.gt(hit, _threshold_in(acc, hit_threshold), out=hit)
+        torch.lt(hit, 0.5, out=member[:, 0])  # 1 - hit (a NaN target is a non-hit)
+    else:
+        for c in range(num_classes):
+            torch.eq(labels2d, c, out=member[:, c])
+    sums = torch.bmm(member, values.transpose(1, 2))  # (S, K, 4): this orientation runs faster
+    if not bool(torch.isfinite(sums).all()):
+        return None
+    count = member.sum(dim=2, dtype=torch.float64).to(torch.int64)
+    # the indicators are not needed any more: their buffer takes the masked errors
+    maxima = member.mul_(err.unsqueeze(1)).amax(dim=2) if width else err.new_zeros(groups, num_classes)
+    return ClassStats(
+        count=count,
+        sse=sums[..., 0],
+        sae=sums[..., 1],
+        max_abs_error=maxima,
+        sum_target=sums[..., 2],
+        sum_input=sums[..., 3],
+    )
+
+
 def class_stats(
     input: Tensor,
     target: Tensor,
@@ -403,8 +446,11 @@ def class_stats(
     ``hit_threshold``; or, with ``labels``, class ``labels[i]`` for element ``i``.
 
     The sums are differentiable with respect to ``input`` and ``target``; the
-    class membership is not (it is piecewise constant).  Nothing here reads a
-    value back to the host, so it runs without device synchronisation.
+    class membership is not (it is piecewise constant).  Nothing on the default
+    path reads a value back to the host, so it runs without device
+    synchronisation.  ``extended=True`` without autograd (evaluation) takes all
+    sums from one matrix product and reads back one flag per call, to fall back
+    to masking when a sum is not finite.
 
     Args:
         input: the prediction :math:`\hat y`.
@@ -434,6 +480,18 @@ def class_stats(
     acc = dtype if dtype is not None else accumulation_dtype(input.dtype, target.dtype)
 
     groups, width = _groups(input.shape, per_sample)
+    if extended and not (torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)):
+        labels2d = None if labels is None else labels.reshape(groups, width)
+        stats = _extended_by_matmul(
+            input.reshape(groups, width),
+            target.reshape(groups, width),
+            labels2d,
+            hit_threshold,
+            n_classes,
+            acc,
+        )
+        if stats is not None:
+            return stats
     x = input.reshape(groups, width).to(acc)
     y = target.reshape(groups, width).to(acc)
     labels2d = None if labels is None else labels.reshape(groups, width)
