@@ -112,15 +112,23 @@ def _check_labels(labels: Tensor, target: Tensor, num_classes: int) -> None:
         raise ValueError(
             f"labels must have the target's shape {tuple(target.shape)}, got {tuple(labels.shape)}"
         )
-    # The range check reads values back to the host: only where that costs no device sync.
-    if labels.device.type == "cpu" and labels.numel() and not torch.compiler.is_compiling():
-        low_t, high_t = torch.aminmax(labels)
-        low, high = int(low_t), int(high_t)
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"labels must lie in [0, {num_classes}) for {num_classes} class_weights, "
-                f"got values from {low} to {high}"
-            )
+
+
+def _check_label_range(labels: Tensor, count: Tensor, num_classes: int) -> None:
+    """Every label in ``[0, K)``, read off the class counts (a label outside is counted nowhere).
+
+    Reading the counts back to the host is free on the CPU and a sync elsewhere, so the check
+    runs on the CPU only (elsewhere the loss shows such labels as NaN).
+    """
+    if labels.device.type != "cpu" or not labels.numel() or torch.compiler.is_compiling():
+        return
+    if int(count.sum()) == labels.numel():
+        return
+    low_t, high_t = torch.aminmax(labels)
+    raise ValueError(
+        f"labels must lie in [0, {num_classes}) for {num_classes} class_weights, "
+        f"got values from {int(low_t)} to {int(high_t)}"
+    )
 
 
 def accumulation_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -289,12 +297,11 @@ class _Membership:
             hits = self.hit.sum(dim=1, dtype=count_dtype).to(torch.int64)
             counts = torch.stack([width - hits, hits], dim=1)
             return counts, None if values is None else self.sums(values)
-        part = None if values is None else torch.empty_like(values)
         class_counts, class_sums = [], []
         for _, indicator in self.indicators():
             class_counts.append(indicator.sum(dim=1, dtype=count_dtype).to(torch.int64))
-            if values is not None:
-                class_sums.append(torch.mul(values, indicator, out=part).sum(dim=1))
+            if values is not None:  # the indicator's buffer, counted, takes the masked values
+                class_sums.append(indicator.mul_(values).sum(dim=1))
         return torch.stack(class_counts, dim=1), (torch.stack(class_sums, dim=1) if class_sums else None)
 
     def maxima(self, values: Tensor) -> Tensor:
@@ -480,21 +487,37 @@ def class_stats(
     acc = dtype if dtype is not None else accumulation_dtype(input.dtype, target.dtype)
 
     groups, width = _groups(input.shape, per_sample)
+    labels2d = None if labels is None else labels.reshape(groups, width)
+    stats = _class_stats_2d(
+        input.reshape(groups, width),
+        target.reshape(groups, width),
+        labels2d,
+        hit_threshold,
+        n_classes,
+        acc,
+        extended,
+    )
+    if labels is not None:
+        _check_label_range(labels, stats.count, n_classes)
+    return stats
+
+
+def _class_stats_2d(
+    input: Tensor,
+    target: Tensor,
+    labels2d: Tensor | None,
+    hit_threshold: float,
+    n_classes: int,
+    acc: torch.dtype,
+    extended: bool,
+) -> ClassStats:
+    """:func:`class_stats` of ``(S, M)`` views, options checked."""
     if extended and not (torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)):
-        labels2d = None if labels is None else labels.reshape(groups, width)
-        stats = _extended_by_matmul(
-            input.reshape(groups, width),
-            target.reshape(groups, width),
-            labels2d,
-            hit_threshold,
-            n_classes,
-            acc,
-        )
+        stats = _extended_by_matmul(input, target, labels2d, hit_threshold, n_classes, acc)
         if stats is not None:
             return stats
-    x = input.reshape(groups, width).to(acc)
-    y = target.reshape(groups, width).to(acc)
-    labels2d = None if labels is None else labels.reshape(groups, width)
+    x = input.to(acc)
+    y = target.to(acc)
     sse, count = _ClassSSE.apply(x, y, labels2d, hit_threshold, n_classes)  # type: ignore[no-untyped-call]
     if not extended:
         return ClassStats(count=count, sse=sse)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -54,7 +55,9 @@ def render(results: dict[str, Any]) -> None:
     loss = results["loss_cpu"]
     ratio = loss["ratio_to_mse"]
     shape = "x".join(map(str, loss["shape"]))
-    table = Table(title=f"Loss, forward + backward, {shape} float32, 2% hits, CPU")
+    table = Table(
+        title=f"Loss, forward + backward, {shape} float32, 2% hits, CPU, {loss['threads']} torch thread(s)"
+    )
     for column in ("contender", "median time", "vs nn.MSELoss", "target", "met"):
         table.add_column(column, justify="left" if column == "contender" else "right")
     rows = [
@@ -107,6 +110,13 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=21, help="interleaved rounds for the loss timings")
     parser.add_argument("--eval-rounds", type=int, default=3, help="interleaved rounds for the eval timings")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for the loss timings (default 1: steady on a shared machine; "
+        "with more threads than idle cores, every contender's times swing by 10x)",
+    )
     parser.add_argument("--skip-eval", action="store_true", help="leave out the eval throughput comparison")
     parser.add_argument("--json", type=Path, default=HERE / "results.json", help="where to write the results")
     args = parser.parse_args()
@@ -114,12 +124,15 @@ def main() -> None:
     import bench_loss
     import torch
 
+    torch.set_num_threads(args.threads)
+
     results: dict[str, Any] = {
         "machine": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(),
-            "cores": torch.get_num_threads(),
+            "cores": os.cpu_count(),
+            "loss_threads": args.threads,
         }
     }
     results["loss_cpu"] = bench_loss.cpu_loss_rows(rounds=args.rounds)
