@@ -30,7 +30,7 @@ __all__ = [
 
 Reduction = Literal["mean", "none", "sum"]
 _REDUCTIONS: tuple[str, ...] = ("mean", "none", "sum")
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 # --------------------------------------------------------------------------- options
@@ -51,6 +51,8 @@ def _check_weight(name: str, value: object) -> float:
         raise ValueError(f"{name} must be a real number, got {value!r}") from None
     if not _is_finite(fvalue) or fvalue < 0:
         raise ValueError(f"{name} must be finite and non-negative, got {value!r}")
+    if fvalue > _FLOAT32_MAX:
+        raise ValueError(f"{name} must be at most {_FLOAT32_MAX:.4g} (the float32 range), got {value!r}")
     return fvalue
 
 
@@ -277,15 +279,6 @@ class _Membership:
         """Per-group, per-class element counts, exact, as int64: shape ``(S, K)``."""
         return self.counts_and_sums(None)[0]
 
-    def sums(self, values: Tensor) -> Tensor:
-        """Per-group, per-class sums of ``values``: shape ``(S, K)``."""
-        if self.hit is not None:
-            on_hits = values * self.hit
-            return torch.stack([(values - on_hits).sum(dim=1), on_hits.sum(dim=1)], dim=1)
-        sums = self.counts_and_sums(values)[1]
-        assert sums is not None
-        return sums
-
     def counts_and_sums(self, values: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Exact int64 counts and, for ``values``, per-class sums; each class's indicator made once."""
         indicator_any = self.hit if self.hit is not None else self.labels
@@ -296,25 +289,16 @@ class _Membership:
         if self.hit is not None:
             hits = self.hit.sum(dim=1, dtype=count_dtype).to(torch.int64)
             counts = torch.stack([width - hits, hits], dim=1)
-            return counts, None if values is None else self.sums(values)
+            if values is None:
+                return counts, None
+            on_hits = values * self.hit
+            return counts, torch.stack([(values - on_hits).sum(dim=1), on_hits.sum(dim=1)], dim=1)
         class_counts, class_sums = [], []
         for _, indicator in self.indicators():
             class_counts.append(indicator.sum(dim=1, dtype=count_dtype).to(torch.int64))
             if values is not None:  # the indicator's buffer, counted, takes the masked values
                 class_sums.append(indicator.mul_(values).sum(dim=1))
         return torch.stack(class_counts, dim=1), (torch.stack(class_sums, dim=1) if class_sums else None)
-
-    def maxima(self, values: Tensor) -> Tensor:
-        """Per-group, per-class maxima of non-negative ``values`` (0 for an empty class)."""
-        if values.shape[1] == 0:
-            return values.new_zeros(values.shape[0], self.num_classes)
-        if self.hit is not None:
-            on_hits = values * self.hit
-            return torch.stack([(values - on_hits).amax(dim=1), on_hits.amax(dim=1)], dim=1)
-        part = torch.empty_like(values)
-        return torch.stack(
-            [torch.mul(values, indicator, out=part).amax(dim=1) for _, indicator in self.indicators()], dim=1
-        )
 
     def spread(self, per_class: Tensor) -> Tensor:
         """Each element's entry of an ``(S, K)`` per-class tensor: shape ``(S, M)``.
@@ -514,23 +498,63 @@ def _class_stats_2d(
     """:func:`class_stats` of ``(S, M)`` views, options checked."""
     if extended and not (torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)):
         stats = _extended_by_matmul(input, target, labels2d, hit_threshold, n_classes, acc)
-        if stats is not None:
-            return stats
+        return (
+            stats
+            if stats is not None
+            else _extended_by_masks(input, target, labels2d, hit_threshold, n_classes, acc)
+        )
     x = input.to(acc)
     y = target.to(acc)
     sse, count = _ClassSSE.apply(x, y, labels2d, hit_threshold, n_classes)  # type: ignore[no-untyped-call]
     if not extended:
         return ClassStats(count=count, sse=sse)
     with torch.no_grad():
-        member = _Membership.of(y, hit_threshold, labels2d, n_classes, acc)
-        err = (x - y).abs_()
+        masked = _extended_by_masks(x, y, labels2d, hit_threshold, n_classes, acc)
+    return ClassStats(
+        count=count,
+        sse=sse,
+        sae=masked.sae,
+        max_abs_error=masked.max_abs_error,
+        sum_target=masked.sum_target,
+        sum_input=masked.sum_input,
+    )
+
+
+def _extended_by_masks(
+    input: Tensor,
+    target: Tensor,
+    labels2d: Tensor | None,
+    hit_threshold: float,
+    num_classes: int,
+    acc: torch.dtype,
+) -> ClassStats:
+    """Every extended statistic by boolean masking, without autograd: slower, but an Inf in one
+    class cannot spill into another (``Inf * 0`` is NaN; a masked-out element is never touched).
+    """
+    with torch.no_grad():
+        x, y = input.to(acc), target.to(acc)
+        if labels2d is None:
+            hit = hit_mask(y, hit_threshold)
+            masks = [~hit, hit]
+        else:
+            masks = [labels2d == c for c in range(num_classes)]
+        diff = x - y
+        err = diff.abs()
+        square = diff * diff
+
+        def per_class(values: Tensor, reduce: str) -> Tensor:
+            if reduce == "max" and values.shape[1] == 0:
+                return values.new_zeros(values.shape[0], num_classes)
+            picked = [torch.where(m, values, 0.0) for m in masks]
+            return torch.stack([p.amax(dim=1) if reduce == "max" else p.sum(dim=1) for p in picked], dim=1)
+
         return ClassStats(
-            count=count,
-            sse=sse,
-            sae=member.sums(err),
-            max_abs_error=member.maxima(err),
-            sum_target=member.sums(y),
-            sum_input=member.sums(x),
+            count=torch.stack([m.sum(dim=1) for m in masks], dim=1),
+            sse=per_class(square, "sum"),
+            sae=per_class(err, "sum"),
+            max_abs_error=per_class(err, "max"),
+            sum_target=per_class(y, "sum"),
+            sum_input=per_class(x, "sum"),
         )
 
 
@@ -756,9 +780,11 @@ def _element_contributions(
     acc = stats.sse.dtype
     coef = _class_coefficients(stats.count, weights, acc)[0]
     if labels is None:
-        per_element = torch.where(hit_mask(target, threshold), coef[1], coef[0])
+        per_element = torch.where(hit_mask(target.to(acc), threshold), coef[1], coef[0])
     else:
-        per_element = coef[labels.long()]
+        # clamped so that an unchecked out-of-range label indexes nothing outside (the caller
+        # adds the NaN that marks it)
+        per_element = coef[labels.long().clamp(0, coef.shape[0] - 1)]
     diff = input.to(acc) - target.to(acc)
     return per_element * diff * diff
 
@@ -800,7 +826,8 @@ class ACBMSELoss(nn.Module):
         self.hit_weight = _check_weight("hit_weight", hit_weight)
         self.nonhit_weight = _check_weight("nonhit_weight", nonhit_weight)
         self.hit_threshold = _check_threshold(hit_threshold)
-        self.labels = labels
+        self.labels: Tensor | None
+        self.register_buffer("labels", labels, persistent=False)  # moves with .to(device)
         self.per_sample = bool(per_sample)
         self.sync_dist = bool(sync_dist)
         self.reduction: Reduction = _check_reduction(reduction, self.per_sample)  # type: ignore[assignment]

@@ -79,3 +79,10 @@ def test_usage_errors_are_one_line_and_exit_2(args, fragment):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("acbmse: error:") and fragment in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_bare_command_prints_help_and_no_empty_error_line():
+    result = run_module()
+    assert result.returncode == 2
+    assert "Usage" in result.stdout + result.stderr
+    assert "acbmse: error" not in result.stderr

@@ -353,6 +353,37 @@ def test_out_of_range_labels_show_as_nan_where_they_are_not_checked():
             x, y, labels=labels.clamp(max=2), class_weights=[1.0, 1.0, 1.0], per_sample=per_sample
         )
         assert float(fine) == 3.0
+    parts = compiled(x, y, labels=labels, class_weights=[1.0, 1.0, 1.0], reduction="none")
+    assert parts.shape == (1, 4) and torch.isnan(parts).all()
+
+
+def test_bool_and_integer_targets():
+    pred = torch.tensor([[0.5, 0.25, 1.0, 0.0]])
+    truth = torch.tensor([[True, False, True, False]])
+    for target in (truth, truth.to(torch.int64)):
+        for reduction in ("mean", "none"):
+            torch.testing.assert_close(
+                acb_mse_loss(pred, target, reduction=reduction),
+                acb_mse_loss(pred, truth.float(), reduction=reduction),
+            )
+
+
+def test_weights_beyond_float32_are_refused():
+    with pytest.raises(ValueError, match="float32 range"):
+        acb_mse_loss(torch.ones(4), torch.zeros(4), hit_weight=1e300)
+    # the largest allowed weight keeps an empty class at 0 and the other finite
+    big = float(torch.finfo(torch.float32).max)
+    assert float(acb_mse_loss(torch.ones(4), torch.zeros(4), hit_weight=big)) == 1.0
+
+
+def test_an_infinite_error_does_not_spill_into_the_other_class():
+    x = torch.tensor([[float("inf"), 1.0, 2.0, 0.5]], dtype=torch.float64)
+    y = torch.tensor([[5.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    stats = class_stats(x, y, extended=True)
+    assert math.isinf(float(stats.sse[0, 1])) and math.isinf(float(stats.max_abs_error[0, 1]))
+    assert stats.sse[0, 0].item() == 1.0 + 4.0 + 0.25
+    assert stats.max_abs_error[0, 0].item() == 2.0
+    assert stats.sum_input[0, 0].item() == 3.5
 
 
 def test_torch_compile_inductor():
@@ -470,6 +501,7 @@ def test_module_with_class_weights_takes_labels_per_call():
     )
     with pytest.raises(ValueError, match="class_weights"):
         ACBMSELoss(labels=torch.tensor(labels))
+    assert fixed.to("meta").labels.device.type == "meta"  # fixed labels move with the module
 
 
 def test_module_trains():
