@@ -25,7 +25,7 @@ import copy
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +58,7 @@ __all__ = [
     "run_demo",
     "save_data",
     "save_figure",
+    "save_outputs",
 ]
 
 LOSS_NAMES: tuple[str, ...] = ("mse", "mae", "acb_mse")
@@ -68,6 +69,9 @@ INPUT_FILE = "input.npy"
 TARGET_FILE = "target.npy"
 PREDICTION_FILE = "pred_{loss}.npy"
 FIGURE_FILE = "demo.png"
+
+# Seeds are passed to torch.manual_seed, which takes a signed 64-bit integer.
+MAX_SEED = 2**63
 
 # Called after every training step as progress(loss_name, step, steps, loss_value).
 ProgressCallback = Callable[[str, int, int, float], None]
@@ -154,6 +158,8 @@ class DemoOptions:
         _positive_int("--steps", self.steps)
         _positive_int("--batch-size", self.batch_size)
         _positive_int("--seed", self.seed, minimum=0)
+        if self.seed >= MAX_SEED:
+            raise InputError(f"--seed must be less than 2**63 = {MAX_SEED}, got {self.seed}")
         _positive_int("--eval-frames", self.eval_frames)
         _positive_int("channels", self.channels)
         _positive_int("latent", self.latent)
@@ -522,6 +528,8 @@ def _check_output_dir(directory: Path, option: str) -> None:
 
 def prepare_output_dir(directory: str | os.PathLike[str], option: str) -> Path:
     """Check up front that ``directory`` can be used as an output directory (created later if missing)."""
+    if os.fspath(directory) == "":
+        raise InputError(f"{option} is empty: name a folder (use . for the current folder)")
     path = Path(directory)
     _check_output_dir(path, option)
     parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
@@ -530,12 +538,30 @@ def prepare_output_dir(directory: str | os.PathLike[str], option: str) -> Path:
     return path
 
 
+def _check_destinations(paths: Iterable[Path]) -> None:
+    """Refuse, before anything is written, a destination that is a folder or lies in no writable folder."""
+    for path in paths:
+        if path.is_dir():
+            raise InputError(f"cannot write {path}: it is a folder")
+        parent = path.parent  # a missing one is made later; prepare_output_dir checked its ancestors
+        if parent.exists() and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
+            raise InputError(f"cannot write {path}: {parent} is not a writable folder")
+
+
 def _atomic_write(writers: dict[Path, Callable[[Any], None]]) -> None:
-    """Write every file through its ``writer(handle)`` into a temporary file beside it, then rename them
-    all into place: no file is left half-written, and none is replaced unless all were written."""
+    """Write a set of files all together or not at all, as far as the file system allows.
+
+    Every destination is checked first (:func:`_check_destinations`); then every file is written through
+    its ``writer(handle)`` into a temporary file beside it; only when all are complete are they renamed
+    into place.  No file is left half-written, and no file is replaced when a destination is unusable or
+    a writer fails.  Should a rename fail even so (a race with another process), the files renamed before
+    it stay replaced; the remaining temporaries are removed.
+    """
+    _check_destinations(writers)
     umask = os.umask(0)
     os.umask(umask)
     temporary: dict[Path, str] = {}
+    path = next(iter(writers), Path("."))
     try:
         for path, write in writers.items():
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -567,12 +593,43 @@ def save_data(result: DemoResult, directory: str | os.PathLike[str]) -> list[Pat
     signal) and ``pred_<loss>.npy`` for each trained loss, so that ``acbmse eval DIR/pred_acb_mse.npy
     DIR/target.npy`` evaluates a model.  Each file is written atomically.
     """
-    path = Path(directory)
-    _make_dir(path, "--save-data")
+    return save_outputs(result, data_dir=directory)
+
+
+def _data_writers(result: DemoResult, directory: Path) -> dict[Path, Callable[[Any], None]]:
     arrays = {INPUT_FILE: result.heldout.input, TARGET_FILE: result.heldout.target}
     for name, run in result.runs.items():
         arrays[PREDICTION_FILE.format(loss=name)] = run.predictions
-    writers = {path / filename: _npy_writer(array) for filename, array in arrays.items()}
+    return {directory / filename: _npy_writer(array) for filename, array in arrays.items()}
+
+
+def save_outputs(
+    result: DemoResult,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    figure_dir: str | os.PathLike[str] | None = None,
+) -> list[Path]:
+    """Write the ``--save-data`` files into ``data_dir`` and the figure into ``figure_dir`` together.
+
+    All destinations are checked, then all files written to temporaries, then all renamed into place
+    (see :func:`_atomic_write`): a destination that is a folder, or a failed write, replaces no file.
+    Returns the paths written, the data files first.
+    """
+    writers: dict[Path, Callable[[Any], None]] = {}
+    if data_dir is not None:
+        data_path = prepare_output_dir(data_dir, "--save-data")
+    if figure_dir is not None:
+        figure_path = prepare_output_dir(figure_dir, "--out")
+    if data_dir is not None:
+        _check_destinations(_data_writers(result, data_path))
+    if figure_dir is not None:
+        _check_destinations([figure_path / FIGURE_FILE])
+    if data_dir is not None:
+        _make_dir(data_path, "--save-data")
+        writers.update(_data_writers(result, data_path))
+    if figure_dir is not None:
+        _make_dir(figure_path, "--out")
+        writers[figure_path / FIGURE_FILE] = _figure_writer(result)
     _atomic_write(writers)
     return list(writers)
 
@@ -596,21 +653,23 @@ def _figure_frames(pattern: np.ndarray, count: int) -> list[int]:
     return sorted(chosen)
 
 
-def save_figure(result: DemoResult, directory: str | os.PathLike[str], *, frames: int = 3) -> Path:
+def save_figure(result: DemoResult, directory: str | os.PathLike[str]) -> Path:
     """Write ``demo.png``: a few held-out frames (input, target, each loss's output) and the loss curves."""
-    import matplotlib
+    (target,) = save_outputs(result, figure_dir=directory)
+    return target
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+
+def _figure_writer(result: DemoResult, *, frames: int = 3) -> Callable[[Any], None]:
+    """Draw the figure of :func:`save_figure`; return a writer that saves it as PNG to a handle."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(directory)
-    _make_dir(path, "--out")
     names = list(result.runs)
     chosen = _figure_frames(result.heldout.pattern, frames)
     columns = 2 + len(names)
     vmax = result.options.data_config().tof_max
     fig = Figure(figsize=(2.6 * columns, 1.9 * len(chosen) + 3.2), layout="constrained")
+    FigureCanvasAgg(fig)
     grid = fig.add_gridspec(len(chosen) + 1, columns, height_ratios=[1.0] * len(chosen) + [1.5])
     image = None
     for row, index in enumerate(chosen):
@@ -643,7 +702,8 @@ def save_figure(result: DemoResult, directory: str | os.PathLike[str], *, frames
     curves.set_ylabel("training loss / first step's")
     curves.set_title("training-loss curves (each relative to its first step; thick: running mean)")
     curves.legend()
-    target = path / FIGURE_FILE
-    _atomic_write({target: lambda handle: fig.savefig(handle, format="png", dpi=110)})
-    plt.close("all")
-    return target
+
+    def write(handle: Any) -> None:
+        fig.savefig(handle, format="png", dpi=110)
+
+    return write

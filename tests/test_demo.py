@@ -244,6 +244,7 @@ def test_save_data_and_figure(tiny_result, tmp_path):
         ({"steps": 0}, "--steps"),
         ({"batch_size": 1.5}, "--batch-size"),
         ({"seed": -1}, "--seed"),
+        ({"seed": 2**63}, "--seed"),
         ({"losses": ()}, "--losses"),
         ({"losses": ("mse", "huber")}, "--losses"),
         ({"hit_weight": -1.0}, "--hit-weight"),
@@ -339,6 +340,8 @@ def test_save_data_files_are_readable_by_numpy_and_by_eval(capsys, tmp_path):
         ["--steps", "many"],
         ["--batch-size", "-2"],
         ["--seed", "-1"],
+        ["--seed", "18446744073709551616"],
+        ["--seed", str(2**63)],
         ["--eval-frames", "0"],
         ["--losses", ""],
         ["--losses", "mse,,mae"],
@@ -404,3 +407,72 @@ def test_end_to_end_subprocess(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert list(json.loads(proc.stdout)) == ["mse"]
+
+
+@pytest.mark.parametrize("option", ["--out", "--save-data"])
+def test_empty_output_folder_is_refused(capsys, tmp_path, monkeypatch, option):
+    monkeypatch.chdir(tmp_path)  # an empty name must not mean the current folder
+    code, out, err = run_cli(capsys, *TINY_CLI, option, "")
+    assert code == 2 and out == ""
+    assert err.startswith(f"acbmse: error: {option} is empty") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_largest_seed_is_accepted():
+    assert DemoOptions(seed=2**63 - 1, **TINY).seed == 2**63 - 1
+
+
+def _stamp(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("blocked", ["data/target.npy", "fig/demo.png"])
+def test_a_destination_that_is_a_folder_writes_nothing(capsys, tmp_path, blocked):
+    data, fig = tmp_path / "data", tmp_path / "fig"
+    data.mkdir()
+    fig.mkdir()
+    (data / "input.npy").write_bytes(b"old input")
+    (fig / "demo.png").write_bytes(b"old figure") if blocked != "fig/demo.png" else None
+    (tmp_path / blocked).mkdir()
+    before = {"data": _stamp(data), "fig": _stamp(fig)}
+    code, out, err = run_cli(capsys, *TINY_CLI, "-q", "--save-data", str(data), "--out", str(fig))
+    assert code == 2 and out == ""
+    assert err.startswith("acbmse: error: cannot write ") and "is a folder" in err and err.count("\n") == 1
+    assert {"data": _stamp(data), "fig": _stamp(fig)} == before  # nothing replaced, nothing added
+    assert [p for p in tmp_path.rglob(".*")] == []  # no temporaries
+
+
+def test_a_failing_rename_leaves_no_temporaries(tiny_result, tmp_path, monkeypatch):
+    result, _ = tiny_result
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def failing_replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(5, "Input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(demo_lib.os, "replace", failing_replace)
+    with pytest.raises(InputError, match="Input/output error"):
+        demo_lib.save_outputs(result, data_dir=tmp_path / "data", figure_dir=tmp_path / "fig")
+    assert [p for p in tmp_path.rglob(".*")] == []
+    assert calls["n"] == 2  # it stopped at the failure
+
+
+def test_a_failing_writer_replaces_nothing(tiny_result, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    result, _ = tiny_result
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "input.npy").write_bytes(b"old input")
+
+    def failing_savefig(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", failing_savefig)
+    with pytest.raises(InputError, match="No space left"):
+        demo_lib.save_outputs(result, data_dir=data, figure_dir=tmp_path / "fig")
+    assert _stamp(data) == {"input.npy": b"old input"}  # the data files wait for the figure
+    assert [p for p in tmp_path.rglob(".*")] == []
