@@ -46,6 +46,9 @@ from acbmse_cli.loss import acb_mse_loss, hit_mask
 
 __all__ = [
     "MAX_PIXELS",
+    "MAX_VALUE",
+    "MAX_WEIGHT",
+    "MIN_VALUE",
     "SIGNAL_SHARE",
     "SWEEP_NAMES",
     "X_LABELS",
@@ -66,6 +69,12 @@ LOSS_NAMES: tuple[str, ...] = ("mse", "mae", "acb_mse")
 SIGNAL_SHARE = 6
 #: Largest ``--pixels``: the recovery sweep holds about P^2 values.
 MAX_PIXELS = 10_000
+#: Range of ``--value``: the squared errors (up to value**2 times the image size) stay normal floats
+#: that matplotlib can place on a log axis without overflow or underflow warnings.
+MIN_VALUE = 1e-100
+MAX_VALUE = 1e100
+#: Largest weight: the project's loss takes weights in the float32 range.
+MAX_WEIGHT = float(torch.finfo(torch.float32).max)
 #: Rows of a sweep are measured in chunks of at most this many elements.
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -166,10 +175,15 @@ def validate_options(
 ) -> None:
     """Refuse bad sweep options with an :class:`InputError` naming the option and the value."""
     for option, weight in (("--hit-weight", hit_weight), ("--nonhit-weight", nonhit_weight)):
-        if _real(option, weight) < 0:
-            raise InputError(f"{option} must be non-negative, got {weight!r}")
-    if _real("--value", value) <= 0:
-        raise InputError(f"--value (the ToF value of a hit pixel) must be positive, got {value!r}")
+        if not 0 <= _real(option, weight) <= MAX_WEIGHT:
+            raise InputError(
+                f"{option} must lie in [0, {MAX_WEIGHT:.4g}] (the float32 range), got {weight!r}"
+            )
+    if not MIN_VALUE <= _real("--value", value) <= MAX_VALUE:
+        raise InputError(
+            f"--value (the ToF value of a hit pixel) must lie in [{MIN_VALUE:g}, {MAX_VALUE:g}], "
+            f"got {value!r}"
+        )
     if not 0.0 <= _real("--recovery", recovery) <= 1.0:
         raise InputError(f"--recovery must lie in [0, 1], got {recovery!r}")
     if isinstance(pixels, bool) or not isinstance(pixels, int):

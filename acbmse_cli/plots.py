@@ -1,9 +1,13 @@
 """The loss-response figures of ``acbmse curves``, drawn with matplotlib (Agg, no display needed).
 
 :func:`write_figures` draws the three sweeps of :mod:`acbmse_cli.curves` and
-writes them atomically: every image is first written to a temporary file
-beside its destination, and only when all of them are complete are they
-renamed into place, so an interrupted or failed run leaves no half image.
+writes them atomically: every destination is checked first (not a folder, in
+a writable folder), every image is then written to a temporary file beside its
+destination, and only when all of them are complete are they renamed into
+place, so an interrupted or failed run leaves no half image, and a destination
+known to be unusable stops the run before any image is replaced.  A rename that
+fails even so (a race with another process) leaves the images renamed before it
+in place and removes the remaining temporaries.
 
 The y axes are logarithmic like the seed's figures.  Where a series touches 0
 (exact recovery in figure 2, or a zero weight) the axis is symmetric-log
@@ -53,12 +57,17 @@ _LEFT, _RIGHT = 0.13, 0.975
 # --------------------------------------------------------------------------- output folder
 
 
-def check_out_dir(out: Path) -> None:
+def check_out_dir(out: str | os.PathLike[str], image_format: str | None = None) -> None:
     """Refuse an output folder that cannot be written, before anything is computed or written.
 
     ``out`` may not exist yet (it is created on writing), but then its nearest
-    existing parent must be a writable folder.
+    existing parent must be a writable folder.  An empty ``out`` is refused (it
+    would mean the current folder).  With ``image_format``, the three image
+    paths in ``out`` are checked too: none may be a folder.
     """
+    if os.fspath(out) == "":
+        raise InputError("--out is empty: name a folder (use . for the current folder)")
+    out = Path(out)
     probe = out
     while not probe.exists():
         if probe.is_symlink():
@@ -72,6 +81,14 @@ def check_out_dir(out: Path) -> None:
         raise InputError(f"--out {out} {where} a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"--out {out}: the folder {probe} is not writable")
+    if image_format is not None:
+        for target in _targets(out, image_format):
+            if target.is_dir():
+                raise InputError(f"--out {out}: {target} is a folder; cannot write the image there")
+
+
+def _targets(out: Path, image_format: str) -> list[Path]:
+    return [out / f"{name}.{image_format}" for name in IMAGE_NAMES]
 
 
 def _make_dirs(out: Path) -> list[Path]:
@@ -254,22 +271,26 @@ def draw_figures(curves: Curves) -> list[Figure]:
 # --------------------------------------------------------------------------- writing
 
 
-def write_figures(curves: Curves, out: Path, image_format: str = "png") -> list[Path]:
+def write_figures(curves: Curves, out: str | os.PathLike[str], image_format: str = "png") -> list[Path]:
     """Draw the figures and write them into ``out`` (created if missing), atomically.
 
     Returns the paths written, ``out/loss_curve_{1,2,3}.<image_format>``.
 
+    Every destination is checked before anything is written (see :func:`check_out_dir`), all images
+    are written to temporary files, and only then renamed into place.
+
     Raises:
-        InputError: unknown format, or ``out`` cannot be written; then nothing is left behind.
+        InputError: unknown format, or ``out`` or one of the image paths cannot be written; then no
+            temporary file is left behind, and no image is replaced unless a rename itself fails.
     """
     if image_format not in IMAGE_FORMATS:
         raise InputError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
     import matplotlib
 
+    check_out_dir(out, image_format)
     out = Path(out)
-    check_out_dir(out)
     figures = draw_figures(curves)
-    targets = [out / f"{name}.{image_format}" for name in IMAGE_NAMES]
+    targets = _targets(out, image_format)
     created: list[Path] = []
     temporaries: list[Path] = []
     try:

@@ -428,7 +428,10 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.
         (["--image-format", "jpg"], "image-format"),
         (["--format", "xml"], "format"),
         (["--device", "tpu"], "--device"),
-        (["--value", "1e200"], "non-finite"),
+        (["--value", "1e200"], "--value"),
+        (["--value", "1e-160"], "--value"),
+        (["--value", "1.1e100"], "--value"),
+        (["--hit-weight", "1e39"], "--hit-weight"),
     ],
 )
 def test_bad_options_refused(
@@ -475,3 +478,61 @@ def test_help_does_not_import_torch_or_matplotlib() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "--hit-weight" in result.stdout and "--image-format" in result.stdout
+
+
+@pytest.mark.parametrize("value", [1e-100, 1e100])
+def test_extreme_values_draw_without_warnings(value: float, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        curves = compute_curves(value=value, pixels=10, device="cpu")
+        for fig in draw_figures(curves):
+            fig.canvas.draw()
+    signal = curves.signal_size
+    # Last point: the whole image is signal, half of it returned: MSE = value**2 / 2.
+    assert math.isclose(signal.mse[-1], value * value / 2, rel_tol=REL)
+
+
+def test_an_image_path_that_is_a_folder_replaces_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "cv3"
+    (out_dir / "loss_curve_2.png").mkdir(parents=True)
+    (out_dir / "loss_curve_1.png").write_bytes(b"old image")
+    code, out, err = run_cli(capsys, "--out", str(out_dir), "--pixels", "10", "--format", "json")
+    assert code == 2 and out == ""
+    assert err.startswith("acbmse: error: --out ") and "is a folder" in err and err.count("\n") == 1
+    assert sorted(p.name for p in out_dir.iterdir()) == ["loss_curve_1.png", "loss_curve_2.png"]
+    assert (out_dir / "loss_curve_1.png").read_bytes() == b"old image"
+    with pytest.raises(InputError, match="is a folder"):
+        write_figures(compute_curves(pixels=4), out_dir)
+    assert (out_dir / "loss_curve_1.png").read_bytes() == b"old image"
+
+
+def test_a_failing_rename_leaves_no_temporaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from acbmse_cli import plots
+
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def failing_replace(src: object, dst: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(5, "Input/output error")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plots.os, "replace", failing_replace)
+    with pytest.raises(InputError, match="Input/output error"):
+        write_figures(compute_curves(pixels=4), tmp_path / "out")
+    assert [p for p in tmp_path.rglob(".*")] == []
+
+
+def test_empty_out_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # an empty name must not mean the current folder
+    code, out, err = run_cli(capsys, "--out", "", "--pixels", "4")
+    assert code == 2 and out == ""
+    assert err.startswith("acbmse: error: --out is empty") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
