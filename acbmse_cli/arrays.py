@@ -27,6 +27,7 @@ import math
 import os
 import pickle
 import shutil
+import stat
 import struct
 import tempfile
 import warnings
@@ -303,8 +304,15 @@ _TORCH_VALUE_DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "uint
 def _check_tensor(name: str, tensor: torch.Tensor, role: Role) -> None:
     import torch
 
+    # Only a plain dense tensor in CPU memory can be sliced and read: refuse the rest by name.
+    if tensor.is_meta:
+        raise InputError(f"{name}: holds a meta tensor (a shape without data): need a tensor with values")
+    if tensor.is_nested:
+        raise InputError(f"{name}: nested tensors are not supported: need a dense tensor")
     if tensor.layout != torch.strided:
         raise InputError(f"{name}: {tensor.layout} tensors are not supported: need a dense tensor")
+    if tensor.device.type != "cpu":
+        raise InputError(f"{name}: a tensor on {tensor.device} after loading: need a CPU tensor")
     dtype = str(tensor.dtype).removeprefix("torch.")
     if tensor.is_complex():
         raise InputError(f"{name}: complex dtype {dtype} is not supported: need real numbers")
@@ -559,15 +567,21 @@ def open_array(path: str | os.PathLike[str], *, key: str | None = None, role: Ro
         key_option: how the user picks a key, for the message when one is needed.
 
     Raises:
-        InputError: one line naming the file: missing, a directory, not an
+        InputError: one line naming the file: missing, a directory, a FIFO or device, not an
             array, truncated or corrupt, a pickle, an unsupported dtype, empty.
     """
     path = os.fspath(path)
     name = path
-    if not os.path.exists(path):
-        raise InputError(f"{name}: no such file")
-    if os.path.isdir(path):
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
         raise InputError(f"{name}: is a directory, not an array file")
+    if not stat.S_ISREG(mode):  # a FIFO or a device would block the reads below, or never end
+        raise InputError(f"{name}: not a regular file ({_file_kind(mode)}): need an array file")
     try:
         with open(path, "rb") as f:
             lead = f.read(8)
@@ -584,6 +598,14 @@ def open_array(path: str | os.PathLike[str], *, key: str | None = None, role: Ro
     if not (lead.startswith(_ZIP_MAGIC) or lead[:1] == b"\x80"):  # neither a zip nor a pickle
         raise InputError(f"{name}: not an array file (need .npy, .npz or .pt)")
     return _open_pt(path, name, key, key_option, role)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return kind
+    return "not a plain file"
 
 
 def _is_torch_archive(path: str, name: str) -> bool:

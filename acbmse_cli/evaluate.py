@@ -867,6 +867,11 @@ def _summarize(
     assert stats.sum_target is not None and stats.sum_input is not None
     count = [int(n) for n in stats.count[0]]
     elements = sum(count)
+    if elements == 0:  # a score of 0 here would pass any gate on a file of nothing but NaN
+        raise InputError(
+            f"{pred_path} vs {target_path}: every element ({partial.omitted:,}) was NaN/Inf in one file "
+            "or the other and was omitted (--nan-policy omit): nothing left to score"
+        )
     acb = float(balanced_loss(stats, classes.weights)[0])
     results = []
     for c, (name, weight) in enumerate(zip(classes.names, classes.weights, strict=True)):

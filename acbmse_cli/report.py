@@ -134,26 +134,37 @@ def _share(value: float | None) -> str:
 
 
 def stdout_console(file: TextIO | None = None) -> Console:
-    """The console for the report: colour only on a terminal (and never with ``NO_COLOR``)."""
+    """The console for the report: colour only on a terminal (and never with ``NO_COLOR``).
+
+    A closed pipe on stdout raises :class:`BrokenPipeError` (rich itself would exit with 1).
+    """
     from rich.console import Console
+
+    class ReportConsole(Console):
+        def on_broken_pipe(self) -> None:
+            # rich would exit with 1 here, which is the failed-gate code: let the caller decide.
+            self.quiet = True
+            raise BrokenPipeError
 
     stream = sys.stdout if file is None else file
     terminal = stream.isatty()
     # Off a terminal rich would assume 80 columns and squeeze the table: give it room instead.
-    return Console(file=stream, highlight=False, width=None if terminal else 200, soft_wrap=False)
+    return ReportConsole(file=stream, highlight=False, width=None if terminal else 200, soft_wrap=False)
 
 
 def render_table(result: EvalResult, console: Console) -> None:
     """The human report: a row per class, the overall row and totals; detection and worst samples."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"{result.pred} vs {result.target}", title_justify="left")
+    # Paths and class names are the user's text, never markup: "[/a]" must print as "[/a]".
+    table = Table(title=Text(f"{result.pred} vs {result.target}"), title_justify="left")
     for header in ("class", "count", "share", "MSE", "RMSE", "MAE", "max |error|",
                    "mean target", "mean pred", "weight", "contribution"):  # fmt: skip
         table.add_column(header, justify="left" if header == "class" else "right")
     for c in result.classes:
         table.add_row(
-            c.name, f"{c.count:,}", _share(c.fraction), _num(c.mse), _num(c.rmse), _num(c.mae),
+            Text(c.name), f"{c.count:,}", _share(c.fraction), _num(c.mse), _num(c.rmse), _num(c.mae),
             _num(c.max_abs_error), _num(c.mean_target), _num(c.mean_pred), _num(c.weight),
             _num(c.contribution),
         )  # fmt: skip
@@ -196,7 +207,7 @@ def render_table(result: EvalResult, console: Console) -> None:
         worst.add_column("sample", justify="right")
         worst.add_column("ACB-MSE", justify="right")
         for c in result.classes:
-            worst.add_column(f"MSE {c.name}", justify="right")
+            worst.add_column(Text(f"MSE {c.name}"), justify="right")
         for s in result.worst_samples:
             worst.add_row(str(s.index), _num(s.acb_mse), *(_num(m) for m in s.class_mse))
         console.print(worst)

@@ -341,3 +341,35 @@ def test_bad_pt_files(tmp_path: Path) -> None:
         InputError, match=r"a\.npy: is a \.npy file holding one array: --pred-key does not apply"
     ):
         open_array(tmp_path / "a.npy", key="x", key_option="--pred-key")
+
+
+def test_pt_tensors_without_plain_cpu_data_are_refused(tmp_path: Path) -> None:
+    """A meta tensor (no data) or a nested tensor: one line naming the file, not a traceback."""
+    torch.save(torch.empty(3, device="meta"), tmp_path / "meta.pt")
+    with pytest.raises(InputError, match=r"meta\.pt: holds a meta tensor"):
+        open_array(tmp_path / "meta.pt")
+    with pytest.warns(UserWarning, match="prototype"):  # torch's own note on the strided nested layout
+        nested = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+    torch.save({"x": nested}, tmp_path / "nested.pt")
+    with pytest.raises(InputError, match=r"nested\.pt\[x\]: nested tensors are not supported"):
+        open_array(tmp_path / "nested.pt", key="x")
+
+
+def test_fifo_is_refused_without_reading(tmp_path: Path) -> None:
+    """A FIFO would block the read (or never end): refused by its file type, before any read."""
+    import os
+
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)
+    # Hold both ends open with bytes waiting, so that a reader that does open it gets
+    # junk back instead of blocking: the test fails on the message, it never hangs.
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(writer, b"junk" * 4)
+        with pytest.raises(InputError, match=r"pipe\.npy: not a regular file \(a FIFO\)"):
+            open_array(fifo)
+        assert os.read(reader, 100) == b"junk" * 4  # nothing was consumed
+    finally:
+        os.close(writer)
+        os.close(reader)

@@ -366,7 +366,8 @@ def test_overflowing_sums_are_not_nan(tmp_path: Path, capsys: pytest.CaptureFixt
     got = eval_json([tmp_path / "p.npy", tmp_path / "t.npy"], capsys)
     assert got["classes"][1]["mse"] is None and got["acb_mse"] is None  # inf has no JSON form
     assert got["classes"][1]["count"] == 1 and got["classes"][1]["max_abs_error"] == 2e300
-    assert got["classes"][0]["mse"] == 0.0 and got["classes"][0]["max_abs_error"] == 0.0  # the other class is clean
+    # the other class is clean
+    assert got["classes"][0]["mse"] == 0.0 and got["classes"][0]["max_abs_error"] == 0.0
 
 
 # --------------------------------------------------------------------------- bad input
@@ -550,3 +551,83 @@ def test_subprocess_json_and_quiet_stderr(tmp_path: Path, good: tuple[Path, Path
     assert done.returncode == 0 and done.stderr == ""
     pred, target = np.load(good[0]), np.load(good[1])
     assert_close(json.loads(done.stdout), reference_report(pred, target))
+
+
+def test_table_prints_user_text_verbatim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Paths and class names are shown as typed, never read as rich markup (nor a crash on '[/a]')."""
+    monkeypatch.chdir(tmp_path)  # short relative names: the title stays on one line
+    pred, target = sparse_pair((4, 6), seed=11)
+    labels = np.arange(24).reshape(4, 6) % 3
+    np.save("[bold]p.npy", pred)
+    os.mkdir("x[")
+    np.save("x[/y]z.npy", target)  # the file y]z.npy in the folder x[
+    np.save("lab.npy", labels)
+    args = ["eval", "[bold]p.npy", "x[/y]z.npy", "--labels", "lab.npy", "--class-weights", "1,2,3"]
+    code, out, err = run([*args, "--class-names", "[/a],b,c", "--per-sample", "--device", "cpu"], capsys)
+    assert code == 0 and err == ""
+    assert "[bold]p.npy vs x[/y]z.npy" in out
+    cells = [[c.strip() for c in line.split("│")] for line in out.splitlines()]
+    assert any(row[1:2] == ["[/a]"] for row in cells)  # the class cell
+    assert "MSE [/a]" in out  # the worst-samples header
+
+
+def test_fail_above_fails_on_a_nan_score(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An overflowing non-hit error with weight 0 makes the score 0 * inf = NaN: that fails the gate."""
+    pred, target = np.array([1e200, 1.0, 2.0]), np.array([0.0, 1.0, 0.0])
+    np.save(tmp_path / "p.npy", pred)
+    np.save(tmp_path / "t.npy", target)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sq = (pred - target) ** 2
+        reference = 0.0 * sq[target == 0].mean() + 1.0 * sq[target != 0].mean()
+    assert math.isnan(reference)  # the reference agrees that the score is not a number
+    code, out, err = run(["eval", tmp_path / "p.npy", tmp_path / "t.npy", "--nonhit-weight", "0",
+                          "--format", "json", "--fail-above", "1e300"], capsys)  # fmt: skip
+    assert code == 1
+    assert json.loads(out)["acb_mse"] is None
+    assert err == "acbmse: ACB-MSE nan is not a number, which fails --fail-above 1e+300\n"
+
+
+def test_nothing_left_after_omitting_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "p.npy", np.full((2, 3), np.nan))
+    np.save(tmp_path / "t.npy", np.zeros((2, 3)))
+    code, out, err = run(["eval", tmp_path / "p.npy", tmp_path / "t.npy", "--nan-policy", "omit",
+                          "--fail-above", "1"], capsys)  # fmt: skip
+    assert code == 2 and out == ""
+    assert err.startswith("acbmse: error: ") and err.count("\n") == 1
+    assert "every element (6) was NaN/Inf" in err and "nothing left to score" in err
+
+
+def test_device_file_as_labels_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "p.npy", np.zeros(3))
+    code, out, err = run(["eval", tmp_path / "p.npy", tmp_path / "p.npy", "--labels", os.devnull,
+                          "--class-weights", "1,1"], capsys)  # fmt: skip
+    assert code == 2 and out == ""
+    expected = "not a regular file (a character device): need an array file"
+    assert err == f"acbmse: error: {os.devnull}: {expected}\n"
+
+
+@pytest.mark.parametrize(
+    "fmt, fail_above, expected", [("json", "1e9", 0), ("table", "1e9", 0), ("csv", "0", 1)]
+)
+def test_closed_stdout_pipe_keeps_the_gate_verdict(
+    tmp_path: Path, good: tuple[Path, Path], fmt: str, fail_above: str, expected: int
+) -> None:
+    """`acbmse eval ... | head -c 10`: a reader that stops early is not a failed gate (nor a traceback)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to stdout now fails with EPIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "acbmse_cli", "eval", *map(str, good), "--format", fmt,
+             "--device", "cpu", "--fail-above", fail_above],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == expected
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    if expected == 0:
+        assert done.stderr == ""
+    else:
+        assert done.stderr.startswith("acbmse: ACB-MSE ") and done.stderr.count("\n") == 1

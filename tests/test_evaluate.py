@@ -114,13 +114,28 @@ def test_per_sample_needs_a_batch_dimension(tmp_path: Path) -> None:
 
 
 def test_all_elements_omitted(tmp_path: Path) -> None:
+    """Nothing left after omitting NaN/Inf is bad input, not a score of 0 that passes a gate."""
     np.save(tmp_path / "p.npy", np.full((2, 2), np.nan, np.float32))
     np.save(tmp_path / "t.npy", np.zeros((2, 2), np.float32))
+    with pytest.raises(InputError, match=r"every element \(4\) was NaN/Inf .* nothing left to score"):
+        evaluate_files(tmp_path / "p.npy", tmp_path / "t.npy", nan_policy="omit", per_sample=True)
+
+
+def test_sample_with_every_element_omitted(tmp_path: Path) -> None:
+    """One sample left empty by the omission, the other not: the empty one scores 0 with no class MSE."""
+    pred = np.array([[np.nan, np.nan], [1.0, 5.0]], np.float32)
+    target = np.array([[0.0, 2.0], [0.0, 3.0]], np.float32)
+    np.save(tmp_path / "p.npy", pred)
+    np.save(tmp_path / "t.npy", target)
     result = evaluate_files(tmp_path / "p.npy", tmp_path / "t.npy", nan_policy="omit", per_sample=True)
-    assert result.elements == 0 and result.omitted == 4
-    assert result.mse is None and result.acb_mse == 0.0
-    assert [c.count for c in result.classes] == [0, 0] and result.classes[0].fraction is None
-    assert result.worst_samples is not None and [s.acb_mse for s in result.worst_samples] == [0.0, 0.0]
+    assert result.elements == 2 and result.omitted == 2
+    # reference: sample 1 alone, non-hit error 1 (1 element), hit error 2 (1 element), weights 1
+    assert result.acb_mse == pytest.approx(1.0**2 + 2.0**2)
+    assert result.worst_samples is not None
+    assert [(s.index, s.acb_mse, s.class_mse) for s in result.worst_samples] == [
+        (1, pytest.approx(5.0), (pytest.approx(1.0), pytest.approx(4.0))),
+        (0, 0.0, (None, None)),
+    ]
     render_json(result)
     render_csv(result)
     render_table(result, stdout_console(io.StringIO()))
