@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from acbmse_cli.errors import InputError
-from acbmse_cli.loss import acb_mse_loss, balanced_loss, class_stats, detection_counts
+from acbmse_cli.loss import _check_weight, acb_mse_loss, balanced_loss, class_stats, detection_counts
 from acbmse_cli.synthetic import CROSS, LINE, SyntheticConfig, SyntheticPairs, generate_pairs
 
 if TYPE_CHECKING:
@@ -112,11 +112,11 @@ def _positive_int(name: str, value: object, minimum: int = 1) -> int:
 
 
 def _weight(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise InputError(f"{name} must be finite and non-negative, got {value!r}")
-    return float(value)
+    """The loss's own weight check (finite, non-negative, within float32), as an InputError."""
+    try:
+        return _check_weight(name, value)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 @dataclass(frozen=True)

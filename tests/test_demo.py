@@ -350,6 +350,7 @@ def test_save_data_files_are_readable_by_numpy_and_by_eval(capsys, tmp_path):
         ["--hit-weight", "-1"],
         ["--hit-weight", "nan"],
         ["--nonhit-weight", "inf"],
+        ["--hit-weight", "1e39"],
         ["--hit-weight", "0", "--nonhit-weight", "0"],
         ["--device", "tpu"],
         ["--device", "cuda:99"],
