@@ -171,16 +171,27 @@ def eval_command(
             sys.stderr.write(
                 f"acbmse: left out {result.omitted} elements with NaN or Inf (--nan-policy omit)\n"
             )
-        if output_format == "json":
-            sys.stdout.write(render_json(result))
-        elif output_format == "csv":
-            sys.stdout.write(render_csv(result))
-        else:
-            render_table(result, stdout_console())
-        sys.stdout.flush()
-    if fail_above is not None and result.acb_mse > fail_above:
+        try:
+            if output_format == "json":
+                sys.stdout.write(render_json(result))
+            elif output_format == "csv":
+                sys.stdout.write(render_csv(result))
+            else:
+                render_table(result, stdout_console())
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader stopped reading (`| head`): not an error, and the gate below still decides
+            # the exit code. Point stdout at devnull so the final flush at exit cannot fail again.
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+    # The gate passes only on a score at or below the bar: a NaN score fails it.
+    if fail_above is not None and not result.acb_mse <= fail_above:
         if rank == 0:
-            sys.stderr.write(f"acbmse: ACB-MSE {result.acb_mse:.6g} is above --fail-above {fail_above:g}\n")
+            verdict = "is not a number, which fails" if math.isnan(result.acb_mse) else "is above"
+            sys.stderr.write(f"acbmse: ACB-MSE {result.acb_mse:.6g} {verdict} --fail-above {fail_above:g}\n")
         raise typer.Exit(1)
 
 
@@ -193,7 +204,9 @@ def curves(
     nonhit_weight: float = typer.Option(
         1.0, "--nonhit-weight", help="B: ACB-MSE weight of the non-hit class (>= 0)."
     ),
-    value: float = typer.Option(100.0, "--value", help="ToF value of a hit pixel (> 0); other pixels are 0."),
+    value: float = typer.Option(
+        100.0, "--value", help="ToF value of a hit pixel, 1e-100 to 1e100; other pixels are 0."
+    ),
     recovery: float = typer.Option(
         0.5,
         "--recovery",
@@ -238,8 +251,8 @@ def curves(
     )
     from acbmse_cli.plots import check_out_dir
 
+    check_out_dir(out, image_format)
     out_dir = Path(out)
-    check_out_dir(out_dir)
 
     from acbmse_cli.curves import X_LABELS, Y_LABELS, compute_curves
     from acbmse_cli.devices import resolve_device
@@ -294,7 +307,7 @@ def demo(
     steps: int = typer.Option(1000, "--steps", help="Optimiser steps per loss (>= 1)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Frames per training step (>= 1)."),
     seed: int = typer.Option(
-        0, "--seed", help="Seeds the data and the initial weights (>= 0); CPU runs repeat exactly."
+        0, "--seed", help="Seeds the data and the initial weights (0 to 2**63 - 1); CPU runs repeat exactly."
     ),
     device: str = typer.Option(
         "auto", "--device", help="Where to train: auto (CUDA when present), cpu, cuda, cuda:N or mps."
@@ -360,8 +373,7 @@ def demo(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from acbmse_cli.demo import LOSS_LABELS, metrics_table, run_demo, save_figure
-    from acbmse_cli.demo import save_data as write_data
+    from acbmse_cli.demo import LOSS_LABELS, metrics_table, run_demo, save_outputs
 
     stderr = Console(stderr=True)
     show_progress = not quiet and stderr.is_terminal
@@ -384,11 +396,7 @@ def demo(
 
     with bars if show_progress else nullcontext():
         result = run_demo(options, device=torch_device, progress=on_step if show_progress else None)
-    written = []
-    if data_dir is not None:
-        written += write_data(result, data_dir)
-    if out_dir is not None:
-        written.append(save_figure(result, out_dir))
+    written = save_outputs(result, data_dir=data_dir, figure_dir=out_dir)
 
     if output_format == "json":
         sys.stdout.write(json.dumps(result.metrics(), indent=2) + "\n")
@@ -416,9 +424,11 @@ def main(argv: list[str] | None = None) -> None:
         # carry format_message and exit_code; anything else is a bug and keeps its traceback.
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             raise
-        ctx = getattr(exc, "ctx", None)
-        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        _error_line(exc.format_message() + hint)
+        message = exc.format_message().strip()
+        if message:  # (a bare `acbmse` has printed the help already and says nothing more)
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _error_line(message + hint)
         sys.exit(exc.exit_code)
     sys.exit(result if isinstance(result, int) else 0)
 
