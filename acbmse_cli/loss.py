@@ -643,7 +643,9 @@ def acb_mse_loss(
         nonhit_weight: B, weight of the non-hit class.
         hit_threshold: an element is a hit when ``|target| > hit_threshold``.
         labels: for n classes, the integer class of every element, in ``[0, K)``.
-        class_weights: the K weights :math:`w_c`, required with ``labels``.
+        class_weights: the K weights :math:`w_c`, required with ``labels``; Python numbers
+            (a tensor is read back to the host, which on a GPU is a sync on every call: pass
+            ``ACBMSELoss(class_weights=...)``, which reads them once).
         per_sample: balance each sample (dim 0) on its own instead of the pooled batch.
         reduction: ``'mean'``: the balanced loss (the mean over samples with
             ``per_sample``); ``'none'``: each element's contribution
