@@ -177,21 +177,9 @@ def _finish(fig: Figure, ax: Axes, title: str, subtitle: str, xlabel: str, ylabe
 
 
 def _figure_signal_size(curves: Curves) -> Figure:
-    sweep = curves.signal_size
-    fig, ax = _new_figure()
-    _plot_series(ax, sweep)
-    _set_y_scale(ax, [v for ys in sweep.series().values() for v in ys])
-    ax.set_xlim(0, 100)
-    share = f"{100 * curves.recovery_share:g}%"
-    _finish(
-        fig,
-        ax,
-        f"Loss against signal size at {share} recovery",
-        _settings_line(curves, curves.pixels, f"; {share} of the hit pixels returned"),
-        X_LABELS["signal_size"],
-        "Loss  (ToF² for MSE and ACB-MSE, ToF for MAE)",
+    return _figure_against_signal_size(
+        curves, "signal_size", "Loss against signal size", "Loss  (ToF² for MSE and ACB-MSE, ToF for MAE)"
     )
-    return fig
 
 
 def _figure_recovery(curves: Curves) -> Figure:
@@ -245,7 +233,18 @@ def _figure_recovery(curves: Curves) -> Figure:
 
 
 def _figure_gradient(curves: Curves) -> Figure:
-    sweep = curves.gradient
+    return _figure_against_signal_size(
+        curves,
+        "gradient",
+        "Gradient on the signal against signal size",
+        "Gradient mass on the hit pixels, Σ |∂loss/∂prediction|\n"
+        "(ToF for MSE and ACB-MSE, dimensionless for MAE)",
+    )
+
+
+def _figure_against_signal_size(curves: Curves, name: str, title: str, ylabel: str) -> Figure:
+    """Figures 1 and 3: a series per loss along the 50%-recovery signal-size sweep."""
+    sweep = curves.signal_size if name == "signal_size" else curves.gradient
     fig, ax = _new_figure()
     _plot_series(ax, sweep)
     _set_y_scale(ax, [v for ys in sweep.series().values() for v in ys])
@@ -254,11 +253,10 @@ def _figure_gradient(curves: Curves) -> Figure:
     _finish(
         fig,
         ax,
-        f"Gradient on the signal against signal size at {share} recovery",
+        f"{title} at {share} recovery",
         _settings_line(curves, curves.pixels, f"; {share} of the hit pixels returned"),
-        X_LABELS["gradient"],
-        "Gradient mass on the hit pixels, Σ |∂loss/∂prediction|\n"
-        "(ToF for MSE and ACB-MSE, dimensionless for MAE)",
+        X_LABELS[name],
+        ylabel,
     )
     return fig
 
