@@ -105,7 +105,7 @@ def _check_pair(input: Tensor, target: Tensor) -> None:
         raise ValueError("input and target must be real, got a complex tensor")
 
 
-def _check_labels(labels: Tensor, target: Tensor, num_classes: int) -> None:
+def _check_labels(labels: Tensor, target: Tensor) -> None:
     if not isinstance(labels, Tensor):
         raise ValueError(f"labels must be an integer tensor, got {type(labels).__name__}")
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
@@ -462,7 +462,7 @@ def class_stats(
     if labels is not None:
         if num_classes is None:
             raise ValueError("num_classes is required with labels")
-        _check_labels(labels, target, num_classes)
+        _check_labels(labels, target)
         n_classes = num_classes
     else:
         n_classes = 2
