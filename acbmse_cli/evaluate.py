@@ -849,7 +849,7 @@ def _summarize(
 ) -> EvalResult:
     import numpy as np
 
-    from acbmse_cli.loss import balanced_loss
+    from acbmse_cli.loss import ClassStats, balanced_loss
 
     if nan_policy == "raise" and partial.nonfinite != [0, 0]:
         parts = []
@@ -876,8 +876,10 @@ def _summarize(
     results = []
     for c, (name, weight) in enumerate(zip(classes.names, classes.weights, strict=True)):
         n = count[c]
-        only_c = [weight if j == c else 0.0 for j in range(len(classes.weights))]
-        contribution = float(balanced_loss(stats, only_c)[0])
+        # the formula on this class alone (zero weights on the others would turn an
+        # infinite SSE there into NaN here: 0 * inf)
+        alone = ClassStats(count=stats.count[:, c : c + 1], sse=stats.sse[:, c : c + 1])
+        contribution = float(balanced_loss(alone, [weight])[0])
         if n == 0:
             results.append(
                 ClassResult(

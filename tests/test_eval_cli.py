@@ -631,3 +631,14 @@ def test_closed_stdout_pipe_keeps_the_gate_verdict(
         assert done.stderr == ""
     else:
         assert done.stderr.startswith("acbmse: ACB-MSE ") and done.stderr.count("\n") == 1
+
+
+def test_an_infinite_class_leaves_the_others_contribution_finite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hit error overflows float64; the non-hit row keeps its own MSE as its contribution."""
+    np.save(tmp_path / "p.npy", np.array([[1e308, 0.5, 0.0, 0.0]]))
+    np.save(tmp_path / "t.npy", np.array([[-1e308, 0.0, 0.0, 0.0]]))
+    non_hit, hit = eval_json([tmp_path / "p.npy", tmp_path / "t.npy"], capsys)["classes"]
+    assert non_hit["mse"] == pytest.approx(0.25 / 3) and non_hit["contribution"] == pytest.approx(0.25 / 3)
+    assert hit["contribution"] is None  # not finite: written as null
