@@ -8,7 +8,7 @@ at module level, so ``acbmse --help`` answers at once.
 from __future__ import annotations
 
 import sys
-from typing import Literal, NoReturn, Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -27,11 +27,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print one line naming the problem to stderr and exit with ``code``."""
-    raise InputError(message) if code == 2 else typer.Exit(code)
 
 
 def _version_callback(value: bool) -> None:

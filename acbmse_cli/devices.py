@@ -10,7 +10,6 @@ from acbmse_cli.errors import InputError
 if TYPE_CHECKING:
     import torch
 
-DEVICE_HELP = "Where the arithmetic runs: auto (CUDA when present), cpu, cuda, cuda:N or mps."
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
