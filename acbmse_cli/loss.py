@@ -303,11 +303,12 @@ class _Membership:
     def spread(self, per_class: Tensor) -> Tensor:
         """Each element's entry of an ``(S, K)`` per-class tensor: shape ``(S, M)``.
 
-        Exact: every element receives its own class's value times 1, plus zeros.
+        Exact: every element receives its own class's value times 1, plus zeros (a blend
+        ``non + hit * (hit_value - non)`` is not: it loses a value far smaller than the other).
         """
         if self.hit is not None:
             non, hit = per_class[:, :1], per_class[:, 1:]
-            return torch.addcmul(non, self.hit, hit - non)
+            return torch.addcmul(self.hit * hit, 1.0 - self.hit, non)
         out: Tensor | None = None
         for c, indicator in self.indicators():
             value = per_class[:, c : c + 1]

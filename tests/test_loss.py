@@ -279,6 +279,37 @@ def test_gradient_is_exact_against_the_formula():
     np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-13, atol=1e-15)
 
 
+@SETTINGS
+@given(
+    n_classes=st.sampled_from([None, 1, 2, 3, 5]),
+    data=st.data(),
+    dtype=float_dtypes,
+    create_graph=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_gradient_matches_the_formula_for_weights_of_any_magnitude(
+    n_classes, data, dtype, create_graph, seed
+):
+    """Every element gets its own class's 2 w_c d / n_c, however far apart the weights are
+    (a blend of two coefficients would lose the smaller one), with and without create_graph."""
+    magnitudes = st.sampled_from([0.0, 1e-20, 1e-6, 0.3, 1.0, 7.0, 1e6, 1e20])
+    rng = np.random.default_rng(seed)
+    pred, target = sparse_pair(rng, (3, 2, 7), 0.2)
+    pred, target = torch.tensor(pred, dtype=dtype).double().numpy(), torch.tensor(target, dtype=dtype)
+    x = torch.tensor(pred, dtype=dtype, requires_grad=True)
+    if n_classes is None:
+        a, b = data.draw(magnitudes), data.draw(magnitudes)
+        loss = acb_mse_loss(x, target, hit_weight=a, nonhit_weight=b)
+        labels, class_weights = default_labels(target.double().numpy()), (b, a)
+    else:
+        class_weights = tuple(data.draw(magnitudes) for _ in range(n_classes))
+        labels = rng.integers(0, n_classes, size=pred.shape)
+        loss = acb_mse_loss(x, target, labels=torch.tensor(labels), class_weights=class_weights)
+    (grad,) = torch.autograd.grad(loss, x, create_graph=create_graph)
+    expected = acb_mse_grad(pred, target.double().numpy(), labels, class_weights)
+    np.testing.assert_allclose(grad.detach().double().numpy(), expected, rtol=tol(dtype)["rtol"], atol=0)
+
+
 @pytest.mark.parametrize(
     "options",
     [
