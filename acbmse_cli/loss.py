@@ -2,7 +2,11 @@
 
 Everything numeric in this package goes through :func:`class_stats` (per-class
 sums and counts, which merge by addition) and :func:`balanced_loss` (the
-formula).  The loss, ``acbmse eval`` and ``acbmse curves`` all call these two.
+formula).  The loss, ``acbmse eval`` and ``acbmse curves`` all call these two,
+except the loss of labelled classes, which adds the same terms element by element
+(``_WeightedSquares``) with the same coefficients ``w_c / n_c``
+(``_class_coefficients``, which ``balanced_loss`` uses too): that order of the sum
+makes its backward one pass, whatever the number of classes.
 
 This module depends on torch only.
 """
@@ -247,6 +251,9 @@ class _Membership:
         self.hit = hit  # float hit indicator, or None with labels
         self.labels = labels  # float labels, or None for the two default classes
         self.num_classes = num_classes
+        present = hit if hit is not None else labels
+        assert present is not None
+        self.dtype = present.dtype
 
     @classmethod
     def of(
@@ -299,6 +306,37 @@ class _Membership:
             if values is not None:  # the indicator's buffer, counted, takes the masked values
                 class_sums.append(indicator.mul_(values).sum(dim=1))
         return torch.stack(class_counts, dim=1), (torch.stack(class_sums, dim=1) if class_sums else None)
+
+    def counts_and_coefficients(
+        self, weights: Sequence[float], reduce_counts: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Local counts ``(S, K)``, the coefficients ``w_c / n_c`` ``(S, K)`` and each element's own.
+
+        Each class's coefficient needs only that class's count, so one comparison per class
+        yields its count and its members' coefficient.  With ``reduce_counts`` the
+        coefficients come from the counts summed over all ranks, which are known only after
+        every class is counted: then the indicators are made a second time.
+        """
+        assert self.labels is not None
+        if reduce_counts:
+            count = self.counts()
+            coef = _class_coefficients(_all_reduce_sum(count), weights, self.dtype)
+            with torch.no_grad():
+                return count, coef, self.spread(coef)
+        width = self.labels.shape[1]
+        count_dtype = None if width < 2**24 else torch.float64
+        counts, coefs = [], []
+        each: Tensor | None = None
+        with torch.no_grad():
+            for c, indicator in self.indicators():
+                counts.append(indicator.sum(dim=1, keepdim=True, dtype=count_dtype).to(torch.int64))
+                coefs.append(_class_coefficients(counts[-1], weights[c : c + 1], self.dtype))
+                if each is None:
+                    each = indicator * coefs[-1]
+                else:
+                    each.addcmul_(indicator, coefs[-1])
+        assert each is not None
+        return torch.cat(counts, dim=1), torch.cat(coefs, dim=1), each
 
     def spread(self, per_class: Tensor) -> Tensor:
         """Each element's entry of an ``(S, K)`` per-class tensor: shape ``(S, M)``.
@@ -375,6 +413,54 @@ class _ClassSSE(torch.autograd.Function):
             grad = _Membership(None, labels_f, ctx.num_classes).spread(grad_sse * 2.0).mul_(diff)
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         return (grad if need_x else None), (-grad if need_y else None), None, None, None
+
+
+class _WeightedSquares(torch.autograd.Function):
+    """Each element's term ``w_c (x - y)^2 / n_c`` of the loss, summed per group unless ``summed`` is
+    False, with a one-pass backward.
+
+    The loss of ``balanced_loss`` regrouped by element: ``sum_c w_c SSE_c / n_c`` is
+    ``sum_i G_i d_i^2`` with ``G_i = w_c / n_c`` for the class of element ``i``
+    (``_class_coefficients``).  ``G`` is built while each class's indicator is at hand, so the
+    backward, ``2 g G d``, is one pass over the saved ``G d`` instead of one comparison and one
+    product per class.  Used for labelled classes, where that saving grows with their number.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        y: Tensor,
+        labels: Tensor,
+        weights: tuple[float, ...],
+        reduce_counts: bool,
+        summed: bool,
+    ) -> tuple[Tensor, Tensor]:
+        member = _Membership.of(y, 0.0, labels, len(weights), x.dtype)
+        count, coef, each = member.counts_and_coefficients(weights, reduce_counts)
+        del member  # the float labels are not needed any more
+        diff = x - y
+        scaled = each.mul_(diff)  # G d: its buffer is reused
+        terms = diff.mul_(scaled)  # G d^2, in the buffer of d
+        ctx.save_for_backward(x, y, labels, coef, scaled)
+        ctx.mark_non_differentiable(count)
+        return (terms.sum(dim=1) if summed else terms), count
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor, _grad_count: Tensor | None) -> tuple[Tensor | None, ...]:
+        x, y, labels, coef, scaled = ctx.saved_tensors
+        if grad_out.ndim == 1:
+            grad_out = grad_out.unsqueeze(1)
+        if torch.is_grad_enabled():
+            # create_graph: build the gradient from differentiable pieces (double backward works)
+            member = _Membership.of(y, 0.0, labels, coef.shape[1], x.dtype)
+            grad = 2.0 * grad_out * member.spread(coef) * (x - y)
+        elif grad_out.shape[1] == 1:
+            grad = scaled * (grad_out * 2.0)
+        else:
+            grad = torch.mul(grad_out, 2.0).mul_(scaled)
+        need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        return (grad if need_x else None), (-grad if need_y else None), None, None, None, None
 
 
 def _extended_by_matmul(
@@ -690,50 +776,81 @@ def acb_mse_loss(
     if not input.is_floating_point():
         raise ValueError(f"input must be a floating-point tensor, got dtype {input.dtype}")
 
-    stats = class_stats(
-        input,
-        target,
-        hit_threshold=threshold,
-        labels=labels,
-        num_classes=len(weights),
-        per_sample=per_sample,
-    )
     distributed = sync_dist and _world_size() > 1
-    if per_sample:
+    pooled_terms = reduction == "none" and not per_sample
+    if labels is None:
+        stats = class_stats(input, target, hit_threshold=threshold, per_sample=per_sample)
+        if distributed and not per_sample:
+            stats = ClassStats(count=_all_reduce_sum(stats.count), sse=_AllReduceSum.apply(stats.sse))  # type: ignore[no-untyped-call]
+        if pooled_terms:
+            return _element_contributions(input, target, stats, weights, threshold)
         losses = balanced_loss(stats, weights)
-        if labels is not None:
-            losses = losses + _out_of_range_poison(stats, _groups(input.shape, True)[1])
-        if reduction == "none":
+    else:
+        losses = _labelled_loss(
+            input, target, labels, weights, per_sample, not pooled_terms, distributed and not per_sample
+        )
+        if pooled_terms:
             return losses
-        total = losses.sum()
-        if not distributed:
-            return total if reduction == "sum" else total / max(losses.shape[0], 1)
-        total = cast(Tensor, _AllReduceSum.apply(total))  # type: ignore[no-untyped-call]
-        if reduction == "sum":
-            return total
-        # the global number of samples, kept on the device (reading it back would sync)
-        samples = _all_reduce_sum(torch.full((), losses.shape[0], dtype=total.dtype, device=total.device))
-        return total / samples.clamp(min=1)
-    if labels is not None:
-        poison = _out_of_range_poison(stats, input.numel())
-    if distributed:
-        stats = ClassStats(count=_all_reduce_sum(stats.count), sse=_AllReduceSum.apply(stats.sse))  # type: ignore[no-untyped-call]
+    if not per_sample:
+        return losses[0]
     if reduction == "none":
-        contributions = _element_contributions(input, target, stats, weights, threshold, labels)
-        return contributions if labels is None else contributions + poison[0]
-    loss = balanced_loss(stats, weights)[0]
-    return loss if labels is None else loss + poison[0]
+        return losses
+    total = losses.sum()
+    if not distributed:
+        return total if reduction == "sum" else total / max(losses.shape[0], 1)
+    total = cast(Tensor, _AllReduceSum.apply(total))  # type: ignore[no-untyped-call]
+    if reduction == "sum":
+        return total
+    # the global number of samples, kept on the device (reading it back would sync)
+    samples = _all_reduce_sum(torch.full((), losses.shape[0], dtype=total.dtype, device=total.device))
+    return total / samples.clamp(min=1)
 
 
-def _out_of_range_poison(stats: ClassStats, width: int) -> Tensor:
+def _labelled_loss(
+    input: Tensor,
+    target: Tensor,
+    labels: Tensor,
+    weights: tuple[float, ...],
+    per_sample: bool,
+    summed: bool,
+    sync: bool,
+) -> Tensor:
+    """The loss of labelled classes for every group, ``(S,)``; or, not ``summed``, each element's
+    term in the input's shape.  NaN where some label of the group lies outside ``[0, K)``.
+
+    With ``sync`` the class counts, and the summed losses, are those of all ranks.
+    """
+    _check_labels(labels, target)
+    if per_sample and input.ndim == 0:
+        raise ValueError("per_sample=True needs a batch dimension (dim 0), got a 0-dimensional input")
+    acc = accumulation_dtype(input.dtype, target.dtype)
+    groups, width = _groups(input.shape, per_sample)
+    out, count = _WeightedSquares.apply(  # type: ignore[no-untyped-call]
+        input.to(acc).reshape(groups, width),
+        target.to(acc).reshape(groups, width),
+        labels.reshape(groups, width),
+        weights,
+        sync,
+        summed,
+    )
+    _check_label_range(labels, count, len(weights))
+    poison = _out_of_range_poison(count, width, acc)
+    if not summed:
+        return cast(Tensor, (out + poison.unsqueeze(1)).reshape(input.shape))
+    if sync:
+        out = _AllReduceSum.apply(out)  # type: ignore[no-untyped-call]
+    return cast(Tensor, out + poison)
+
+
+def _out_of_range_poison(count: Tensor, width: int, dtype: torch.dtype) -> Tensor:
     """0, or NaN for a group where some labels fell outside ``[0, K)`` (counted in no class).
 
     On the CPU, labels are range-checked with a clear error; on other devices that check
     would need a host sync, so an out-of-range label shows as a NaN loss instead of being
     silently dropped.
     """
-    complete = stats.count.sum(dim=1) == width
-    return torch.where(complete, 0.0, math.nan).to(stats.sse.dtype)
+    complete = count.sum(dim=1) == width
+    return torch.where(complete, 0.0, math.nan).to(dtype)
 
 
 def _world_size() -> int:
@@ -772,22 +889,12 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 def _element_contributions(
-    input: Tensor,
-    target: Tensor,
-    stats: ClassStats,
-    weights: Sequence[float],
-    threshold: float,
-    labels: Tensor | None,
+    input: Tensor, target: Tensor, stats: ClassStats, weights: Sequence[float], threshold: float
 ) -> Tensor:
-    """``w_c (y_i - yhat_i)^2 / n_c`` for every element, in the input's shape."""
+    """``w_c (y_i - yhat_i)^2 / n_c`` for every element of the two default classes, in the input's shape."""
     acc = stats.sse.dtype
     coef = _class_coefficients(stats.count, weights, acc)[0]
-    if labels is None:
-        per_element = torch.where(hit_mask(target.to(acc), threshold), coef[1], coef[0])
-    else:
-        # clamped so that an unchecked out-of-range label indexes nothing outside (the caller
-        # adds the NaN that marks it)
-        per_element = coef[labels.long().clamp(0, coef.shape[0] - 1)]
+    per_element = torch.where(hit_mask(target.to(acc), threshold), coef[1], coef[0])
     diff = input.to(acc) - target.to(acc)
     return per_element * diff * diff
 

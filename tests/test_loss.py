@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from reference import acb_mse as ref_acb_mse
 from reference import acb_mse_grad, default_labels
 
-from acbmse_cli import ACBLoss, ACBMSELoss, acb_mse_loss, class_stats
+from acbmse_cli import ACBLoss, ACBMSELoss, acb_mse_loss, balanced_loss, class_stats
 from acbmse_cli.loss import detection_counts, hit_mask
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -121,6 +121,23 @@ def test_n_classes_match_reference(shape, n_classes, data, per_sample, reduction
         reduction=reduction,
     )
     np.testing.assert_allclose(got.double().numpy(), expected, **tol(dtype))
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_labelled_loss_is_the_balanced_loss_of_its_class_stats(per_sample):
+    """The labelled loss adds its terms element by element; class_stats and balanced_loss per class."""
+    rng = np.random.default_rng(11)
+    pred, target = sparse_pair(rng, (5, 3, 17), 0.3)
+    labels = torch.tensor(rng.integers(0, 4, size=pred.shape))
+    weights = (0.5, 3.0, 1e-3, 40.0)
+    x, y = torch.tensor(pred), torch.tensor(target)
+    stats = class_stats(x, y, labels=labels, num_classes=4, per_sample=per_sample)
+    expected = balanced_loss(stats, weights)
+    got = acb_mse_loss(x, y, labels=labels, class_weights=weights, per_sample=per_sample, reduction="none")
+    if not per_sample:
+        assert got.shape == x.shape
+        got = got.sum().reshape(1)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-13)
 
 
 def test_reduction_none_sums_to_the_loss_and_per_sample_mean_is_the_mean():
