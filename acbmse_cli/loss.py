@@ -484,16 +484,26 @@ def _extended_by_matmul(
     member = torch.empty(groups, num_classes, width, dtype=acc, device=x.device)
     if labels2d is None:
         hit = member[:, 1]
-        torch.abs(ys, out=hit)
-        torch.gt(hit, _threshold_in(acc, hit_threshold), out=hit)
-        torch.lt(hit, 0.5, out=member[:, 0])  # 1 - hit (a NaN target is a non-hit)
+        if hit_threshold == 0.0:
+            # |y| > 0 is y != 0, one comparison each way; a NaN target would land in the wrong
+            # class here, but it makes the sums NaN, and then the caller masks instead
+            torch.ne(ys, 0.0, out=hit)
+            torch.eq(ys, 0.0, out=member[:, 0])
+        else:
+            torch.abs(ys, out=hit)
+            torch.gt(hit, _threshold_in(acc, hit_threshold), out=hit)
+            torch.lt(hit, 0.5, out=member[:, 0])  # 1 - hit (a NaN target is a non-hit)
     else:
         for c in range(num_classes):
             torch.eq(labels2d, c, out=member[:, c])
     sums = torch.bmm(member, values.transpose(1, 2))  # (S, K, 4): this orientation runs faster
     if not bool(torch.isfinite(sums).all()):
         return None
-    count = member.sum(dim=2, dtype=torch.float64).to(torch.int64)
+    if labels2d is None:  # the non-hits are the rest
+        hits = member[:, 1].sum(dim=1, dtype=torch.float64).to(torch.int64)
+        count = torch.stack([width - hits, hits], dim=1)
+    else:
+        count = member.sum(dim=2, dtype=torch.float64).to(torch.int64)
     # the indicators are not needed any more: their buffer takes the masked errors
     maxima = member.mul_(err.unsqueeze(1)).amax(dim=2) if width else err.new_zeros(groups, num_classes)
     return ClassStats(
