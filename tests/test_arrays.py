@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import os
 import pickle
 import struct
 import zipfile
@@ -155,27 +156,40 @@ def test_labels_role(tmp_path: Path) -> None:
         open_array(tmp_path / "b.npy", role="labels")
 
 
-def _mapped_file(address: int) -> str | None:
-    """The file mapped at ``address`` in this process, from /proc/self/maps."""
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        low, high = (int(v, 16) for v in fields[0].split("-"))
-        if low <= address < high:
-            return fields[5] if len(fields) == 6 else None
-    return None
-
-
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
-def test_memory_mapped_not_loaded(tmp_path: Path) -> None:
-    """A .npy and a stored .npz member are read through a memory map of the file: no copy."""
+@pytest.mark.skipif(not hasattr(os, "preadv"), reason="needs os.preadv")
+def test_reads_only_the_bytes_of_the_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .npy and a stored .npz member are read by positional reads of the range's bytes alone."""
     data = np.arange(1000, dtype=np.float32)
     np.save(tmp_path / "a.npy", data)
     np.savez(tmp_path / "a.npz", data)
+    real_preadv = os.preadv
+    reads: list[tuple[int, int]] = []
+
+    def spy(fd: int, buffers: list[memoryview], offset: int) -> int:
+        reads.append((offset, sum(len(b) for b in buffers)))
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", spy)
     for name in ("a.npy", "a.npz"):
+        reads.clear()
         with open_array(tmp_path / name) as source:
             chunk = source.read(100, 200)
             np.testing.assert_array_equal(chunk.numpy(), data[100:200])
-            assert _mapped_file(chunk.data_ptr()) == str(tmp_path / name)
+            assert len(reads) == 1 and reads[0][1] == 100 * 4
+            with open(tmp_path / name, "rb") as f:  # the offset is that of element 100 in the file
+                f.seek(reads[0][0])
+                assert f.read(400) == data[100:200].tobytes()
+
+
+@pytest.mark.skipif(not hasattr(os, "preadv"), reason="needs os.preadv")
+def test_a_file_that_shrinks_after_opening_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "a.npy"
+    np.save(path, np.arange(1000, dtype=np.float32))
+    with open_array(path) as source:
+        os.truncate(path, 2000)
+        np.testing.assert_array_equal(source.read(0, 100).numpy(), np.arange(100, dtype=np.float32))
+        with pytest.raises(InputError, match=r"a\.npy: cannot read the data: the file is shorter"):
+            source.read(900, 1000)
 
 
 # --------------------------------------------------------------------------- bad files
