@@ -572,13 +572,14 @@ def test_module_trains():
 # ----------------------------------------------------------------- statistics
 
 
-def test_class_stats_extended_against_numpy():
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_class_stats_extended_against_numpy(threshold):
     rng = np.random.default_rng(10)
     pred, target = sparse_pair(rng, (3, 7, 9), 0.25)
     stats = class_stats(
-        torch.tensor(pred), torch.tensor(target), hit_threshold=0.5, extended=True, per_sample=True
+        torch.tensor(pred), torch.tensor(target), hit_threshold=threshold, extended=True, per_sample=True
     )
-    labels = default_labels(target, 0.5)
+    labels = default_labels(target, threshold)
     for s in range(3):
         for c in range(2):
             m = labels[s] == c
@@ -592,16 +593,33 @@ def test_class_stats_extended_against_numpy():
             )
             np.testing.assert_allclose(float(stats.sum_input[s, c]), np.sum(pred[s][m]), rtol=1e-12)
     # statistics of parts merge into the statistics of the whole
-    whole = class_stats(torch.tensor(pred), torch.tensor(target), hit_threshold=0.5, extended=True)
+    whole = class_stats(torch.tensor(pred), torch.tensor(target), hit_threshold=threshold, extended=True)
     merged = stats.pooled()
-    parts = class_stats(torch.tensor(pred[:1]), torch.tensor(target[:1]), hit_threshold=0.5, extended=True)
+    parts = class_stats(
+        torch.tensor(pred[:1]), torch.tensor(target[:1]), hit_threshold=threshold, extended=True
+    )
     parts = parts + class_stats(
-        torch.tensor(pred[1:]), torch.tensor(target[1:]), hit_threshold=0.5, extended=True
+        torch.tensor(pred[1:]), torch.tensor(target[1:]), hit_threshold=threshold, extended=True
     )
     for a, b in ((whole, merged), (whole, parts)):
         torch.testing.assert_close(a.count, b.count)
         torch.testing.assert_close(a.sse, b.sse)
         torch.testing.assert_close(a.max_abs_error, b.max_abs_error)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_class_stats_extended_classes_of_special_targets(dtype):
+    """-0 is a non-hit, Inf a hit, NaN a non-hit, whichever way the sums are taken."""
+    target = torch.tensor([[0.0, -0.0, math.inf, math.nan, 2.0, -3.0, 0.0]], dtype=dtype)
+    pred = torch.tensor([[1.0, -2.0, 0.0, 1.0, 2.5, -1.0, 0.5]], dtype=dtype)
+    finite = class_stats(pred[:, [0, 1, 4, 5, 6]], target[:, [0, 1, 4, 5, 6]], extended=True)
+    assert finite.count.tolist() == [[3, 2]]
+    assert finite.sse.tolist() == [[1.0 + 4.0 + 0.25, 0.25 + 4.0]]
+    assert finite.max_abs_error.tolist() == [[2.0, 2.0]]
+    assert finite.sum_target.tolist() == [[0.0, -1.0]]
+    special = class_stats(pred, target, extended=True)
+    assert special.count.tolist() == [[4, 3]]
+    assert math.isnan(float(special.sse[0, 0])) and math.isinf(float(special.sse[0, 1]))
 
 
 def test_detection_counts_against_numpy():
