@@ -101,11 +101,6 @@ def eval_command(
     device: str = typer.Option(
         "auto", "--device", help="Where the arithmetic runs: auto (CUDA when present), cpu, cuda, cuda:N."
     ),
-    threads: Optional[int] = typer.Option(  # noqa: UP045 - typer reads the annotation
-        None,
-        "--threads",
-        help="CPU threads working on chunks (default: the CPUs available, at most 4). Same report for any.",
-    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     chunk_elements: Optional[int] = typer.Option(  # noqa: UP045
         None, "--chunk-elements", hidden=True, help="Elements per chunk (for tests)."
@@ -157,7 +152,6 @@ def eval_command(
                     nan_policy=nan_policy,
                     device=device,
                     chunk_elements=chunk_elements,
-                    threads=threads,
                     progress=bar,
                 )
         except InputError:

@@ -555,69 +555,22 @@ class _Evaluator:
 
     # ---- the loop
 
-    def run(
-        self, ranges: Iterable[tuple[int, int]], progress: Callable[[int], None], threads: int = 1
-    ) -> None:
-        """Read, compute and fold every range: on ``threads`` CPU threads, or on the GPU."""
+    def run(self, ranges: Iterable[tuple[int, int]], progress: Callable[[int], None]) -> None:
+        """Read, compute and fold every range, on one CPU thread (or the GPU)."""
         import torch
 
-        intra_op = torch.get_num_threads()
-        # One thread per op: the steps of a chunk are too short for torch's thread team, whose
-        # barriers stall every step whenever another process holds one of the cores.  More
-        # cores work on whole chunks each (below), or as more processes under torchrun.
+        threads = torch.get_num_threads()
+        # One thread: the steps of a chunk are too short for torch's thread team, whose
+        # barriers stall every step whenever another process holds one of the cores.
+        # More cores: more processes, under torchrun.
         torch.set_num_threads(1)
         try:
             with _recycled_temporaries():
-                if threads > 1 and self.device.type == "cpu":
-                    self._run_threaded(ranges, progress, threads)
-                else:
-                    for start, stop in ranges:
-                        self.fold(self.compute(start, stop, *self.read(start, stop)))
-                        progress(stop - start)
-        finally:
-            torch.set_num_threads(intra_op)
-
-    def _run_threaded(
-        self, ranges: Iterable[tuple[int, int]], progress: Callable[[int], None], threads: int
-    ) -> None:
-        """Chunks computed by a pool of threads, read and added up in order by this one.
-
-        torch and numpy release the GIL inside their kernels, so the threads run on separate
-        cores for most of a chunk.  Folding in chunk order keeps the float64 sums, and so the
-        report, the same whatever the timing; a few chunks ahead at most are in flight.
-        """
-        import collections
-        from concurrent.futures import Future, ThreadPoolExecutor
-
-        import torch
-
-        in_order = any(s.sequential for s in (self.pred, self.target, self.labels) if s is not None)
-
-        def compute(start: int, stop: int, *values: torch.Tensor | None) -> _ChunkResult:
-            with torch.inference_mode():  # a grad mode is per thread
-                if not values:
-                    values = self.read(start, stop)
-                return self.compute(start, stop, *values)  # type: ignore[arg-type]
-
-        pending: collections.deque[tuple[int, Future[_ChunkResult]]] = collections.deque()
-
-        def fold_oldest() -> None:
-            size, future = pending.popleft()
-            self.fold(future.result())
-            progress(size)
-
-        with ThreadPoolExecutor(threads, thread_name_prefix="acbmse-eval") as pool:
-            try:
                 for start, stop in ranges:
-                    values = self.read(start, stop) if in_order else ()  # a stream: read in order, here
-                    pending.append((stop - start, pool.submit(compute, start, stop, *values)))
-                    if len(pending) > 2 * threads:
-                        fold_oldest()
-                while pending:
-                    fold_oldest()
-            finally:
-                for _, future in pending:  # an error: the chunks not started yet are dropped
-                    future.cancel()
+                    self.fold(self.compute(start, stop, *self.read(start, stop)))
+                    progress(stop - start)
+        finally:
+            torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
@@ -649,17 +602,6 @@ def _recycled_temporaries() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- distributed
-
-
-def default_threads() -> int:
-    """The CPUs this process may use, at most 4, divided among the processes on this machine
-    (``LOCAL_WORLD_SIZE`` under torchrun)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cpus = os.cpu_count() or 1
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return max(1, min(4, cpus // max(local, 1)))
 
 
 def init_distributed() -> tuple[int, int]:
@@ -779,7 +721,6 @@ def evaluate_files(
     nan_policy: str = "raise",
     device: str | torch.device = "cpu",
     chunk_elements: int | None = None,
-    threads: int | None = None,
     progress: Progress | None = None,
 ) -> EvalResult:
     """Per-class error statistics of a prediction file against a target file.
@@ -801,9 +742,6 @@ def evaluate_files(
             and where the first is; ``"omit"``: leave those elements out (``omitted`` says how many).
         device: where the arithmetic runs (``"auto"``, ``"cpu"``, ``"cuda:1"``...).
         chunk_elements: elements per chunk (default :data:`DEFAULT_CHUNK_ELEMENTS`).
-        threads: CPU threads working on chunks (default: the CPUs this process may use, at
-            most 4, shared out among the processes of a torchrun job).  The report is the same
-            for any number.
         progress: called after each chunk with (elements done, elements in all).
 
     Raises:
@@ -833,11 +771,8 @@ def evaluate_files(
     chunk = DEFAULT_CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements)
     if chunk < 1:
         raise InputError(f"--chunk-elements must be at least 1, got {chunk}")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads must be at least 1, got {threads}")
     dev = resolve_device(device) if isinstance(device, str) else device
     rank, world = _world()
-    workers = default_threads() if threads is None else int(threads)
     if str(dev) == "cuda" and world > 1:  # no index given: one GPU per local rank
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
 
@@ -885,7 +820,7 @@ def evaluate_files(
         error: str | None = None
         try:
             with torch.inference_mode():
-                evaluator.run(chunk_ranges(t.shape, chunk, (first, last)), advance, workers)
+                evaluator.run(chunk_ranges(t.shape, chunk, (first, last)), advance)
         except InputError as exc:
             if world == 1:
                 raise

@@ -13,8 +13,7 @@ Needs about 2.8 GB of free space in the temporary folder (``--dir`` picks anothe
 run is a fresh process; the rounds interleave the contenders (in a rotating order) and the
 medians are reported, so that load elsewhere on the machine hits all of them alike.  The
 CPU time (user + system) of the same runs is reported beside the wall time: on a shared
-machine it is the steadier of the two.  ``acbmse eval`` runs twice: as it comes (a thread per
-CPU, at most 4) and with ``--threads 1``, one core like the baseline.
+machine it is the steadier of the two.
 """
 
 from __future__ import annotations
@@ -42,8 +41,6 @@ IMAGE = (1, 88, 128)
 BLOCK = 1000  # images written at a time
 TINY_SAMPLES = 10
 TARGET_SPEEDUP = 1.5
-SINGLE = "acbmse eval --threads 1"  # one core, like the baseline
-CONTENDERS = ("acbmse eval", SINGLE, "numpy baseline")
 TARGET_RSS_ANON_MB = 800.0
 
 
@@ -134,7 +131,6 @@ def _commands(pred: Path, target: Path) -> dict[str, list[str]]:
     ]
     return {
         "acbmse eval": [sys.executable, *ours],
-        SINGLE: [sys.executable, *ours, "--threads", "1"],
         "numpy baseline": [sys.executable, str(BASELINE), str(pred), str(target)],
     }
 
@@ -190,7 +186,7 @@ def run(rounds: int = 3, samples: int = 30000, folder: str | None = None) -> dic
     median = {key: statistics.median(values) for key, values in seconds.items()}
     median_cpu = {key: statistics.median(values) for key, values in cpu.items()}
     result: dict[str, Any] = {"shape": [samples, *IMAGE], "dtype": "float32", "bytes_both_files": big_bytes}
-    for name in CONTENDERS:
+    for name in ("acbmse eval", "numpy baseline"):
         marginal = median[(name, "big")] - median[(name, "tiny")]
         result[name] = {
             "big_seconds": median[(name, "big")],
@@ -203,7 +199,6 @@ def run(rounds: int = 3, samples: int = 30000, folder: str | None = None) -> dic
         }
     ours, baseline = result["acbmse eval"], result["numpy baseline"]
     speedup = baseline["marginal_seconds"] / ours["marginal_seconds"]
-    single_speedup = baseline["marginal_seconds"] / result[SINGLE]["marginal_seconds"]
     cpu_speedup = baseline["marginal_cpu_seconds"] / ours["marginal_cpu_seconds"]
     agreement = _agreement(
         json.loads(outputs[("acbmse eval", "big")]), json.loads(outputs[("numpy baseline", "big")])
@@ -219,7 +214,6 @@ def run(rounds: int = 3, samples: int = 30000, folder: str | None = None) -> dic
         summary={
             "marginal_speedup_over_numpy": round(speedup, 2),
             "marginal_cpu_time_speedup_over_numpy": round(cpu_speedup, 2),
-            "single_thread_marginal_speedup_over_numpy": round(single_speedup, 2),
             "target_speedup": TARGET_SPEEDUP,
             "speedup_met": speedup >= TARGET_SPEEDUP,
             "peak_rss_anon_MB": None
@@ -244,7 +238,7 @@ def render(result: dict[str, Any]) -> None:
     )
     for column in ("contender", "big pair", "tiny pair", "marginal", "GB/s", "marginal CPU", "peak RssAnon"):
         table.add_column(column, justify="left" if column == "contender" else "right")
-    for name in CONTENDERS:
+    for name in ("acbmse eval", "numpy baseline"):
         row = result[name]
         table.add_row(
             name,
@@ -261,8 +255,7 @@ def render(result: dict[str, Any]) -> None:
     print(
         f"marginal speedup over numpy: {s['marginal_speedup_over_numpy']:.2f}x "
         f"(target >= {s['target_speedup']}x: {'met' if s['speedup_met'] else 'NOT met'}; "
-        f"in CPU time {s['marginal_cpu_time_speedup_over_numpy']:.2f}x; "
-        f"with --threads 1 {s['single_thread_marginal_speedup_over_numpy']:.2f}x); "
+        f"in CPU time {s['marginal_cpu_time_speedup_over_numpy']:.2f}x); "
         f"peak RssAnon {s['peak_rss_anon_MB']} MB "
         f"(target <= {s['target_rss_anon_MB']:.0f} MB: {'met' if s['memory_met'] else 'NOT met'}); "
         f"results agree: {s['results_agree']} (max relative SSE difference {difference:.1e}); "

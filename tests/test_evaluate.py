@@ -56,46 +56,6 @@ def test_chunked_equals_unchunked(tmp_path: Path, layout: str, per_sample: bool)
         assert_close(got, whole, rel=1e-12)
 
 
-@pytest.mark.parametrize("layout", ["npy", "npz-compressed"])
-def test_any_number_of_threads_gives_the_same_report(tmp_path: Path, layout: str) -> None:
-    """Chunks are computed by several threads but added up in order: the same float64 sums, bit for
-    bit, for random-access files and for streams (read in order by one thread)."""
-    pred, target = _pair((40, 3, 7), seed=11)
-    pred[5, 1, 2], target[30, 0, 0] = np.nan, np.inf
-    labels = np.random.default_rng(12).integers(0, 3, size=pred.shape).astype(np.int16)
-    for name, array in (("p", pred), ("t", target), ("l", labels)):
-        if layout == "npy":
-            np.save(tmp_path / f"{name}.npy", array)
-        else:
-            np.savez_compressed(tmp_path / f"{name}.npz", array)
-    p, t, lab = (tmp_path / f"{name}.{layout[:3]}" for name in "ptl")
-    cases = [
-        dict(per_sample=True, top=40, detect_threshold=3.0, nan_policy="omit"),
-        dict(labels=lab, class_weights=(1.0, 2.0, 0.5), per_sample=True, nan_policy="omit"),
-    ]
-    for options in cases:
-        for chunk in (1, 7, 20, 100):
-            one = evaluate_files(p, t, **options, chunk_elements=chunk, threads=1).to_dict()  # type: ignore[arg-type]
-            for threads in (2, 3, 5):
-                got = evaluate_files(p, t, **options, chunk_elements=chunk, threads=threads).to_dict()  # type: ignore[arg-type]
-                assert got == one, (options, chunk, threads)
-    assert_close(
-        evaluate_files(p, t, nan_policy="omit", threads=3, chunk_elements=7).to_dict(),
-        reference_report(pred, target, omit_nonfinite=True),
-    )
-    first_bad = r"1 NaN/Inf value, the first at index \(5, 1, 2\);.*index \(30, 0, 0\)"
-    with pytest.raises(InputError, match=first_bad):
-        evaluate_files(p, t, threads=3, chunk_elements=7)
-
-
-def test_threads_must_be_positive(tmp_path: Path) -> None:
-    pred, target = _pair((3, 4), seed=6)
-    np.save(tmp_path / "p.npy", pred)
-    np.save(tmp_path / "t.npy", target)
-    with pytest.raises(InputError, match="--threads must be at least 1, got 0"):
-        evaluate_files(tmp_path / "p.npy", tmp_path / "t.npy", threads=0)
-
-
 def test_file_much_larger_than_a_chunk(tmp_path: Path) -> None:
     pred, target = _pair((300, 70), seed=2)
     np.save(tmp_path / "p.npy", pred)
