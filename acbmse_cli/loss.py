@@ -497,7 +497,9 @@ def _extended_by_matmul(
         for c in range(num_classes):
             torch.eq(labels2d, c, out=member[:, c])
     sums = torch.bmm(member, values.transpose(1, 2))  # (S, K, 4): this orientation runs faster
-    if not bool(torch.isfinite(sums).all()):
+    # one number to read back: the sum of all sums is finite unless some sum is not (or they
+    # overflow together, and then the masked path is merely slower)
+    if not math.isfinite(float(sums.sum())):
         return None
     if labels2d is None:  # the non-hits are the rest
         hits = member[:, 1].sum(dim=1, dtype=torch.float64).to(torch.int64)
