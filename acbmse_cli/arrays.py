@@ -32,6 +32,7 @@ import stat
 import struct
 import tempfile
 import warnings
+import weakref
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -180,6 +181,8 @@ class _NumpySource(ArraySource):
                 self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             except OSError:
                 self._fd = None  # the memory map still reads it
+            else:  # closed with the source, or when it is collected unclosed
+                self._close_fd = weakref.finalize(self, os.close, self._fd)
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         if self._array is None:
@@ -211,7 +214,7 @@ class _NumpySource(ArraySource):
     def close(self) -> None:
         self._array = self._flat = None
         if self._fd is not None:
-            os.close(self._fd)
+            self._close_fd()
             self._fd = None
         if self._cleanup is not None:
             self._cleanup()

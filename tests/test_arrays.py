@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
 import math
@@ -179,6 +180,22 @@ def test_reads_only_the_bytes_of_the_range(tmp_path: Path, monkeypatch: pytest.M
             with open(tmp_path / name, "rb") as f:  # the offset is that of element 100 in the file
                 f.seek(reads[0][0])
                 assert f.read(400) == data[100:200].tobytes()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs Linux /proc")
+def test_sources_release_their_files_closed_or_dropped(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.arange(10.0))
+    np.savez(tmp_path / "a.npz", np.arange(10.0))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        for name in ("a.npy", "a.npz"):
+            with open_array(tmp_path / name) as source:
+                source.read(0, 5)
+            dropped = open_array(tmp_path / name)
+            dropped.read(0, 5)
+            del dropped
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 @pytest.mark.skipif(not hasattr(os, "preadv"), reason="needs os.preadv")
