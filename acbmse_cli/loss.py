@@ -287,24 +287,26 @@ class _Membership:
         return self.counts_and_sums(None)[0]
 
     def counts_and_sums(self, values: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Exact int64 counts and, for ``values``, per-class sums; each class's indicator made once."""
+        """Exact int64 counts and, for ``values`` (labelled classes only), per-class sums; each
+        class's indicator made once.
+
+        The sums select rather than multiply by the indicator, so that an infinite value stays in
+        its own class (``inf * 0`` would put a NaN in every other one).
+        """
         indicator_any = self.hit if self.hit is not None else self.labels
         assert indicator_any is not None
         width = indicator_any.shape[1]
         # float sums of 0/1 values are exact below 2**24 (float32) or 2**53 (float64) per group
         count_dtype = None if width < 2**24 else torch.float64
         if self.hit is not None:
+            assert values is None
             hits = self.hit.sum(dim=1, dtype=count_dtype).to(torch.int64)
-            counts = torch.stack([width - hits, hits], dim=1)
-            if values is None:
-                return counts, None
-            on_hits = values * self.hit
-            return counts, torch.stack([(values - on_hits).sum(dim=1), on_hits.sum(dim=1)], dim=1)
+            return torch.stack([width - hits, hits], dim=1), None
         class_counts, class_sums = [], []
         for _, indicator in self.indicators():
             class_counts.append(indicator.sum(dim=1, dtype=count_dtype).to(torch.int64))
-            if values is not None:  # the indicator's buffer, counted, takes the masked values
-                class_sums.append(indicator.mul_(values).sum(dim=1))
+            if values is not None:
+                class_sums.append(torch.where(indicator > 0.5, values, 0.0).sum(dim=1))
         return torch.stack(class_counts, dim=1), (torch.stack(class_sums, dim=1) if class_sums else None)
 
     def counts_and_coefficients(

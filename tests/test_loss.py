@@ -434,6 +434,23 @@ def test_an_infinite_error_does_not_spill_into_the_other_class():
     assert stats.sum_input[0, 0].item() == 3.5
 
 
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_a_non_finite_error_stays_in_its_labelled_class(bad):
+    """class_stats, the labelled loss and the float64 reference agree when one error is Inf or NaN."""
+    pred = np.array([[bad, 1.0, 2.0, 0.5, 3.0]])
+    target = np.zeros((1, 5))
+    labels = np.array([[0, 1, 1, 2, 0]])
+    x, y, lab = torch.tensor(pred), torch.tensor(target), torch.tensor(labels)
+    stats = class_stats(x, y, labels=lab, num_classes=3)
+    assert stats.count.tolist() == [[2, 2, 1]]
+    np.testing.assert_array_equal(stats.sse.numpy(), [[bad, 5.0, 0.25]])
+    weights = (1.0, 2.0, 4.0)
+    expected = ref_acb_mse(pred, target, labels=labels, class_weights=weights)
+    got = acb_mse_loss(x, y, labels=lab, class_weights=weights)
+    np.testing.assert_array_equal(got.numpy(), expected)
+    np.testing.assert_array_equal(balanced_loss(stats, weights)[0].numpy(), expected)
+
+
 def test_torch_compile_inductor():
     """The default backend, code generation included, forward and backward."""
     torch._dynamo.reset()
