@@ -377,7 +377,15 @@ def test_torch_compile_fullgraph():
     rng = np.random.default_rng(6)
     pred, target = sparse_pair(rng, (4, 1, 8, 8), 0.1)
     compiled = torch.compile(acb_mse_loss, fullgraph=True, backend="aot_eager")
-    for options in ({}, {"hit_weight": 2.0, "per_sample": True}, {"reduction": "none"}):
+    labelled = {"labels": torch.tensor(rng.integers(0, 3, size=pred.shape)), "class_weights": (1.0, 3.0, 0.5)}
+    for options in (
+        {},
+        {"hit_weight": 2.0, "per_sample": True},
+        {"reduction": "none"},
+        labelled,
+        {**labelled, "per_sample": True, "reduction": "sum"},
+        {**labelled, "reduction": "none"},
+    ):
         x = torch.tensor(pred, dtype=torch.float32, requires_grad=True)
         y = torch.tensor(target, dtype=torch.float32)
         got = compiled(x, y, **options)
