@@ -374,6 +374,7 @@ def test_no_host_reads_on_the_forward_and_backward_path():
 
 
 def test_torch_compile_fullgraph():
+    torch._dynamo.reset()  # each option set compiles anew: start from dynamo's empty cache
     rng = np.random.default_rng(6)
     pred, target = sparse_pair(rng, (4, 1, 8, 8), 0.1)
     compiled = torch.compile(acb_mse_loss, fullgraph=True, backend="aot_eager")
@@ -399,6 +400,7 @@ def test_torch_compile_fullgraph():
 
 def test_out_of_range_labels_show_as_nan_where_they_are_not_checked():
     """Under torch.compile (as on GPUs) the range check would need a host sync: a NaN loss instead."""
+    torch._dynamo.reset()
     labels = torch.tensor([[0, 1, 2, 3]])
     x, y = torch.ones(1, 4), torch.zeros(1, 4)
     compiled = torch.compile(acb_mse_loss, fullgraph=True, backend="aot_eager")
