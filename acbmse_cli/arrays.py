@@ -116,11 +116,7 @@ class ArraySource:
         shape: the array's shape.
         dtype: the stored dtype, as text (``float32``, ``int16``, ``bfloat16``...).
         size: the number of elements.
-        sequential: ranges must be read in order, by one thread (a stream); otherwise any
-            range may be read at any time, from any thread.
     """
-
-    sequential = False
 
     def __init__(self, name: str, shape: tuple[int, ...], dtype: str, role: Role) -> None:
         self.name = name
@@ -223,8 +219,6 @@ class _NumpySource(ArraySource):
 
 class _StreamSource(ArraySource):
     """A C-ordered array in a compressed archive member, decompressed as a stream."""
-
-    sequential = True
 
     def __init__(
         self,
