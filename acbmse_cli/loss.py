@@ -120,6 +120,11 @@ def _check_labels(labels: Tensor, target: Tensor) -> None:
         )
 
 
+def _check_per_sample(input: Tensor, per_sample: bool) -> None:
+    if per_sample and input.ndim == 0:
+        raise ValueError("per_sample=True needs a batch dimension (dim 0), got a 0-dimensional input")
+
+
 def _check_label_range(labels: Tensor, count: Tensor, num_classes: int) -> None:
     """Every label in ``[0, K)``, read off the class counts (a label outside is counted nowhere).
 
@@ -239,6 +244,12 @@ def _hit_indicator(target2d: Tensor, hit_threshold: float, dtype: torch.dtype) -
     return torch.gt(magnitude, _threshold_in(dtype, hit_threshold), out=magnitude)
 
 
+def _count_dtype(width: int) -> torch.dtype | None:
+    """The dtype to count 0/1 indicators of ``width`` elements in: float sums of 0/1 values are
+    exact below 2**24 (float32) or 2**53 (float64) per group; None keeps the indicators' dtype."""
+    return None if width < 2**24 else torch.float64
+
+
 class _Membership:
     """Which class each element of an ``(S, M)`` view belongs to, as float 0/1 indicators.
 
@@ -296,8 +307,7 @@ class _Membership:
         indicator_any = self.hit if self.hit is not None else self.labels
         assert indicator_any is not None
         width = indicator_any.shape[1]
-        # float sums of 0/1 values are exact below 2**24 (float32) or 2**53 (float64) per group
-        count_dtype = None if width < 2**24 else torch.float64
+        count_dtype = _count_dtype(width)
         if self.hit is not None:
             assert values is None
             hits = self.hit.sum(dim=1, dtype=count_dtype).to(torch.int64)
@@ -325,8 +335,7 @@ class _Membership:
             coef = _class_coefficients(_all_reduce_sum(count), weights, self.dtype)
             with torch.no_grad():
                 return count, coef, self.spread(coef)
-        width = self.labels.shape[1]
-        count_dtype = None if width < 2**24 else torch.float64
+        count_dtype = _count_dtype(self.labels.shape[1])
         counts, coefs = [], []
         each: Tensor | None = None
         with torch.no_grad():
@@ -567,8 +576,7 @@ def class_stats(
         n_classes = num_classes
     else:
         n_classes = 2
-    if per_sample and input.ndim == 0:
-        raise ValueError("per_sample=True needs a batch dimension (dim 0), got a 0-dimensional input")
+    _check_per_sample(input, per_sample)
     acc = dtype if dtype is not None else accumulation_dtype(input.dtype, target.dtype)
 
     groups, width = _groups(input.shape, per_sample)
@@ -835,8 +843,7 @@ def _labelled_loss(
     With ``sync`` the class counts, and the summed losses, are those of all ranks.
     """
     _check_labels(labels, target)
-    if per_sample and input.ndim == 0:
-        raise ValueError("per_sample=True needs a batch dimension (dim 0), got a 0-dimensional input")
+    _check_per_sample(input, per_sample)
     acc = accumulation_dtype(input.dtype, target.dtype)
     groups, width = _groups(input.shape, per_sample)
     out, count = _WeightedSquares.apply(  # type: ignore[no-untyped-call]
