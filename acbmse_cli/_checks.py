@@ -57,7 +57,8 @@ def check_real(
     """A finite real number, within ``[minimum, maximum]`` and above ``above`` where given."""
     fvalue = _as_float(option, value)
     if not _is_finite(fvalue):
-        raise ValueError(f"{option} must be finite, got {value!r}")
+        rule = "finite and non-negative" if minimum == 0 and maximum is None else "finite"
+        raise ValueError(f"{option} must be {rule}, got {value!r}")
     if above is not None and not fvalue > above:
         raise ValueError(f"{option} must be greater than {above:g}, got {value!r}")
     if minimum is not None and maximum is not None and not minimum <= fvalue <= maximum:

@@ -10,13 +10,26 @@ This module depends on torch only.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["ClassStats"]
+__all__ = [
+    "ClassStats",
+    "Membership",
+    "accumulation_dtype",
+    "balanced_loss",
+    "class_coefficients",
+    "class_stats",
+    "count_members",
+    "detection_counts",
+    "hit_mask",
+    "threshold_in",
+]
 
 Merge = Literal["sum", "max"]
 
@@ -118,3 +131,354 @@ class ClassStats:
 
 
 _MERGE: dict[str, Merge] = {f.name: f.metadata["merge"] for f in fields(ClassStats)}
+
+
+# --------------------------------------------------------------------------- dtypes and thresholds
+
+
+def accumulation_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype the statistics are summed in: at least float32, float64 kept."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def threshold_in(dtype: torch.dtype, threshold: float) -> float:
+    """``threshold`` rounded down to a value of ``dtype``.
+
+    torch compares a tensor with a Python float in the tensor's dtype, after
+    rounding the float to nearest; a value lying between the threshold and its
+    rounded-up copy would then be misclassified.  For a representable ``v``,
+    ``v > t`` holds exactly when ``v > round_down(t)``.
+    """
+    if not dtype.is_floating_point or dtype == torch.float64 or threshold == 0.0:
+        return threshold
+    rounded = torch.tensor(threshold, dtype=torch.float64).to(dtype)
+    if float(rounded) > threshold:
+        rounded = torch.nextafter(rounded, rounded.new_tensor(-math.inf))
+    return float(rounded)
+
+
+def hit_mask(target: Tensor, hit_threshold: float = 0.0) -> Tensor:
+    """The hit class: ``|target| > hit_threshold``, exactly, for any floating dtype."""
+    return target.abs() > threshold_in(target.dtype, hit_threshold)
+
+
+def groups_of(shape: torch.Size, *, per_sample: bool) -> tuple[int, int]:
+    """``(S, M)``: the groups that are balanced on their own, and the elements in each."""
+    if per_sample:
+        return shape[0], math.prod(shape[1:])
+    return 1, math.prod(shape)
+
+
+# --------------------------------------------------------------------------- membership and counts
+
+
+def count_members(indicator: Tensor, *, dim: int = 1, keepdim: bool = False) -> Tensor:
+    """Exact int64 counts of a 0/1 indicator (float or bool) along ``dim``.
+
+    Float sums of 0/1 values are exact below 2**24 terms in float32 (2**53 in float64): wider
+    indicators are summed in float64.
+    """
+    if indicator.dtype == torch.bool or not indicator.is_floating_point():
+        return indicator.sum(dim=dim, keepdim=keepdim, dtype=torch.int64)
+    wide = indicator.shape[dim] >= 2**24 and indicator.dtype != torch.float64
+    return indicator.sum(dim=dim, keepdim=keepdim, dtype=torch.float64 if wide else None).to(torch.int64)
+
+
+class Membership:
+    """Which class each element of an ``(S, M)`` view belongs to: the one place that decides it.
+
+    The two default classes come from the target: hit (class 1) where ``|target| >
+    hit_threshold``, non-hit (class 0) elsewhere, a NaN target included.  Labelled classes come
+    from an integer tensor: class ``c`` where ``labels == c``; a label outside ``[0, K)`` is in
+    no class.  Indicators are 0/1 tensors in the dtype asked for.
+    """
+
+    def __init__(
+        self,
+        target: Tensor,
+        *,
+        hit_threshold: float = 0.0,
+        labels: Tensor | None = None,
+        num_classes: int = 2,
+    ) -> None:
+        self.target = target
+        self.hit_threshold = hit_threshold
+        self.labels = labels
+        self.num_classes = num_classes if labels is not None else 2
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    def hit(self, dtype: torch.dtype, *, out: Tensor | None = None) -> Tensor:
+        """The hit indicator in ``dtype``, in ``out`` or a fresh buffer (the default classes only)."""
+        target = self.target.detach()
+        if out is not None and target.dtype == dtype:
+            magnitude = torch.abs(target, out=out)
+        else:
+            magnitude = target.abs().to(dtype)
+            if out is not None:
+                magnitude = out.copy_(magnitude)
+        return torch.gt(magnitude, threshold_in(dtype, self.hit_threshold), out=magnitude)
+
+    def float_labels(self, dtype: torch.dtype) -> Tensor:
+        """The labels in ``dtype``: comparisons of float labels are the fast ones."""
+        assert self.labels is not None
+        return self.labels.to(dtype)
+
+    def label_indicators(self, labels: Tensor, *, reuse: bool) -> Iterator[tuple[int, Tensor]]:
+        """``(c, indicator of class c)`` for every class, from :meth:`float_labels`; with ``reuse``
+        one buffer serves every class in turn."""
+        buffer = torch.empty_like(labels) if reuse else None
+        for c in range(self.num_classes):
+            yield c, torch.eq(labels, c, out=buffer if buffer is not None else torch.empty_like(labels))
+
+    def masks(self) -> list[Tensor]:
+        """Boolean masks of every class, in class order."""
+        if self.labels is None:
+            hit = hit_mask(self.target.detach(), self.hit_threshold)
+            return [~hit, hit]
+        return [self.labels == c for c in range(self.num_classes)]
+
+    def spread(self, per_class: Tensor, dtype: torch.dtype) -> Tensor:
+        """Each element's entry of an ``(S, K)`` per-class tensor: shape ``(S, M)``.
+
+        Exact: every element receives its own class's value times 1, plus zeros (a blend
+        ``non + hit * (hit_value - non)`` is not: it loses a value far smaller than the other).
+        """
+        if self.labels is None:
+            hit = self.hit(dtype)
+            non = torch.sub(1.0, hit)
+            return hit.mul_(per_class[:, 1:]).addcmul_(non, per_class[:, :1])
+        out: Tensor | None = None
+        for c, indicator in self.label_indicators(self.float_labels(dtype), reuse=True):
+            if out is None:
+                out = indicator * per_class[:, c : c + 1]
+            else:
+                out.addcmul_(indicator, per_class[:, c : c + 1])
+        assert out is not None
+        return out
+
+
+def class_coefficients(count: Tensor, weights: Sequence[float], dtype: torch.dtype) -> Tensor:
+    """``w_c / n_c`` for every group and class, 0 for empty classes. No host sync."""
+    coef = count.clamp(min=1).to(dtype).reciprocal()
+    for c, w in enumerate(weights):
+        if w != 1.0:
+            coef[:, c] *= w
+    return coef
+
+
+def balanced_loss(stats: ClassStats, weights: Sequence[float]) -> Tensor:
+    r"""The ACB-MSE formula: :math:`\sum_c w_c \, \mathrm{SSE}_c / n_c` for every group.
+
+    A class with no elements adds 0.  Returns shape ``(S,)``.
+    """
+    if len(weights) != stats.sse.shape[1]:
+        raise ValueError(f"need {stats.sse.shape[1]} class weights, got {len(weights)}")
+    coef = class_coefficients(stats.count, weights, stats.sse.dtype)
+    return (stats.sse * coef).sum(dim=1)
+
+
+# --------------------------------------------------------------------------- the statistics
+
+
+def check_pair(input: Tensor, target: Tensor) -> None:
+    """Two real tensors of one shape."""
+    if not isinstance(input, Tensor) or not isinstance(target, Tensor):
+        raise ValueError(
+            f"input and target must be tensors, got {type(input).__name__} and {type(target).__name__}"
+        )
+    if input.shape != target.shape:
+        raise ValueError(
+            f"input and target must have the same shape, got input {tuple(input.shape)} "
+            f"and target {tuple(target.shape)}"
+        )
+    if input.is_complex() or target.is_complex():
+        raise ValueError("input and target must be real, got a complex tensor")
+
+
+def check_labels(labels: object, target: Tensor) -> Tensor:
+    """An integer tensor of the target's shape."""
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"labels must be an integer tensor, got {type(labels).__name__}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if labels.shape != target.shape:
+        raise ValueError(
+            f"labels must have the target's shape {tuple(target.shape)}, got {tuple(labels.shape)}"
+        )
+    return labels
+
+
+def check_per_sample(input: Tensor, *, per_sample: bool) -> None:
+    if per_sample and input.ndim == 0:
+        raise ValueError("per_sample=True needs a batch dimension (dim 0), got a 0-dimensional input")
+
+
+def check_label_range(labels: Tensor, count: Tensor, num_classes: int) -> None:
+    """Every label in ``[0, K)``, read off the class counts (a label outside is counted nowhere).
+
+    Reading the counts back to the host is free on the CPU and a sync elsewhere, so the check
+    runs on the CPU only (elsewhere the loss shows such labels as NaN).
+    """
+    if labels.device.type != "cpu" or not labels.numel() or torch.compiler.is_compiling():
+        return
+    if int(count.sum()) == labels.numel():
+        return
+    low_t, high_t = torch.aminmax(labels)
+    raise ValueError(
+        f"labels must lie in [0, {num_classes}) for {num_classes} class_weights, "
+        f"got values from {int(low_t)} to {int(high_t)}"
+    )
+
+
+def class_stats(
+    input: Tensor,
+    target: Tensor,
+    *,
+    hit_threshold: float = 0.0,
+    labels: Tensor | None = None,
+    num_classes: int | None = None,
+    per_sample: bool = False,
+    dtype: torch.dtype | None = None,
+    extended: bool = False,
+) -> ClassStats:
+    r"""Per-class counts and sums of squared error, the statistics ACB-MSE is made of.
+
+    Classes come from the target: non-hit (class 0) where
+    :math:`|y| \le` ``hit_threshold`` and hit (class 1) where :math:`|y| >`
+    ``hit_threshold``; or, with ``labels``, class ``labels[i]`` for element ``i``.
+
+    The sums are differentiable with respect to ``input`` and ``target``; the
+    class membership is not (it is piecewise constant).  Without autograd
+    (evaluation) all sums come from one matrix product and one flag per call
+    is read back, to fall back to masking when a sum is not finite.
+
+    Args:
+        input: the prediction :math:`\hat y`.
+        target: the truth :math:`y`, same shape as ``input``.
+        hit_threshold: elements with ``|target| > hit_threshold`` are hits.
+        labels: integer class of every element, same shape as ``target``.
+        num_classes: how many classes ``labels`` has (required with ``labels``).
+        per_sample: one group per sample (dim 0) instead of one for everything.
+        dtype: accumulation dtype; default float32, or float64 when an input is.
+        extended: also fill ``sae``, ``max_abs_error``, ``sum_target``, ``sum_input``.
+
+    Shape:
+        - Input: :math:`(*)`, or :math:`(N, *)` with ``per_sample``.
+        - Target, labels: same shape as the input.
+        - Output fields: :math:`(1, K)`, or :math:`(N, K)` with ``per_sample``.
+    """
+    check_pair(input, target)
+    if labels is not None:
+        if num_classes is None:
+            raise ValueError("num_classes is required with labels")
+        check_labels(labels, target)
+    check_per_sample(input, per_sample=per_sample)
+    acc = dtype if dtype is not None else accumulation_dtype(input.dtype, target.dtype)
+    groups, width = groups_of(input.shape, per_sample=per_sample)
+    x, y = input.reshape(groups, width), target.reshape(groups, width)
+    member = Membership(
+        y,
+        hit_threshold=hit_threshold,
+        labels=None if labels is None else labels.reshape(groups, width),
+        num_classes=num_classes or 2,
+    )
+    differentiable = torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)
+    stats = None if differentiable else _stats_by_matmul(x, y, member, acc)
+    if stats is None:
+        stats = _stats_by_masks(x.to(acc), y.to(acc), member)
+    if labels is not None:
+        check_label_range(labels, stats.count, member.num_classes)
+    if extended:
+        return stats
+    return ClassStats(count=stats.count, sse=stats.sse)
+
+
+def _stats_by_matmul(x: Tensor, y: Tensor, member: Membership, acc: torch.dtype) -> ClassStats | None:
+    """Every statistic of ``(S, M)`` views from one product, without autograd.
+
+    One ``(S, 4, M)`` matrix of values ``[d^2, |d|, y, x]`` (``d = x - y``) times the ``(S, M, K)``
+    0/1 class-membership matrix gives all ``4 K`` sums of each group in a single pass; the
+    products with 1 and 0 are exact, so this is the same sum as masking, in another order.
+    Except for a non-finite value, whose product with 0 is NaN in every class: then None
+    (one host sync), and the caller masks instead.
+    """
+    groups, width = x.shape
+    values = torch.empty(groups, 4, width, dtype=acc, device=x.device)
+    xs, ys, err, sq = values[:, 3], values[:, 2], values[:, 1], values[:, 0]
+    xs.copy_(x)
+    ys.copy_(y)
+    torch.sub(xs, ys, out=err).abs_()
+    torch.mul(err, err, out=sq)
+    indicators = torch.empty(groups, member.num_classes, width, dtype=acc, device=x.device)
+    if member.labels is None:
+        # the target's copy in ``values`` is in the accumulation dtype already
+        hit = Membership(ys, hit_threshold=member.hit_threshold).hit(acc, out=indicators[:, 1])
+        torch.sub(1.0, hit, out=indicators[:, 0])
+    else:
+        labels = member.float_labels(acc)
+        for c in range(member.num_classes):
+            torch.eq(labels, c, out=indicators[:, c])
+    sums = torch.bmm(indicators, values.transpose(1, 2))  # (S, K, 4): this orientation runs faster
+    # one number to read back: the sum of all sums is finite unless some sum is not (or they
+    # overflow together, and then the masked path is merely slower)
+    if not math.isfinite(float(sums.sum())):
+        return None
+    count = count_members(indicators, dim=2)
+    # the indicators are not needed any more: their buffer takes the masked errors
+    maxima = (
+        indicators.mul_(err.unsqueeze(1)).amax(dim=2) if width else err.new_zeros(groups, member.num_classes)
+    )
+    return ClassStats(
+        count=count,
+        sse=sums[..., 0],
+        sae=sums[..., 1],
+        max_abs_error=maxima,
+        sum_target=sums[..., 2],
+        sum_input=sums[..., 3],
+    )
+
+
+def _stats_by_masks(x: Tensor, y: Tensor, member: Membership) -> ClassStats:
+    """Every statistic by boolean masking: slower, differentiable, and an Inf in one class cannot
+    spill into another (``Inf * 0`` is NaN; a masked-out element is never touched)."""
+    masks = member.masks()
+    diff = x - y
+    err = diff.abs()
+
+    def per_class(values: Tensor, merge: Merge) -> Tensor:
+        if merge == "max" and values.shape[1] == 0:
+            return values.new_zeros(values.shape[0], len(masks))
+        picked = [torch.where(m, values, 0.0) for m in masks]
+        return torch.stack([p.amax(dim=1) if merge == "max" else p.sum(dim=1) for p in picked], dim=1)
+
+    fields_of = {"sse": diff * diff, "sae": err, "max_abs_error": err, "sum_target": y, "sum_input": x}
+    return ClassStats(
+        count=torch.stack([count_members(m) for m in masks], dim=1),
+        **{name: per_class(values, _MERGE[name]) for name, values in fields_of.items()},
+    )
+
+
+def detection_counts(
+    input: Tensor,
+    target: Tensor,
+    *,
+    hit_threshold: float = 0.0,
+    detect_threshold: float,
+    per_sample: bool = False,
+) -> Tensor:
+    """True positives, false positives and false negatives of "input > detect_threshold" as a hit detector.
+
+    The truth is the hit class of :func:`class_stats` (``|target| > hit_threshold``).
+    Returns int64 counts of shape ``(S, 3)``: ``[tp, fp, fn]`` per group; they merge by addition.
+    """
+    check_pair(input, target)
+    groups, width = groups_of(input.shape, per_sample=per_sample)
+    detected = input.reshape(groups, width) > threshold_in(input.dtype, detect_threshold)
+    truth = hit_mask(target.reshape(groups, width), hit_threshold)
+    tp = count_members(detected & truth)
+    fp = count_members(detected) - tp
+    fn = count_members(truth) - tp
+    return torch.stack([tp, fp, fn], dim=1)
