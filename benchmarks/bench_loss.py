@@ -84,7 +84,7 @@ def peak_extra_memory(name: str) -> float | None:
 
 
 def cpu_loss_rows(rounds: int = 15, inner: int = 5) -> dict[str, Any]:
-    """Target 1 of the speed issue: the CPU loss ratios, eager and compiled."""
+    """The CPU loss ratios to nn.MSELoss, eager and compiled."""
     import acb_mse
 
     shape = (64, 1, 88, 128)
@@ -119,7 +119,7 @@ def cpu_loss_rows(rounds: int = 15, inner: int = 5) -> dict[str, Any]:
 
 
 def cuda_rows(rounds: int = 30, inner: int = 20) -> dict[str, Any]:
-    """Target 4: on a GPU, zero host syncs and the ratios to nn.MSELoss."""
+    """On a GPU: zero host syncs, and the ratios to nn.MSELoss."""
     if not torch.cuda.is_available():
         return {"status": "not yet measured: no CUDA device here"}
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(0)}

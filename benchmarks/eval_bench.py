@@ -1,6 +1,6 @@
 """``acbmse eval`` against the plain numpy baseline on a 2 x 1.35 GB float32 pair.
 
-The target of the speed issue: on 30000 x 1 x 88 x 128 float32 files (page cache warm), the
+The target: on 30000 x 1 x 88 x 128 float32 files (page cache warm), the
 marginal throughput of ``acbmse eval`` (its time on that pair minus its time on a tiny pair,
 so that starting Python and importing torch is not counted) is at least 1.5 times that of
 ``numpy_eval_baseline.py``, measured the same way; the eval process's peak anonymous memory

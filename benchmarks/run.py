@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 
 
 def help_rows(runs: int = 15) -> dict[str, Any]:
-    """Target 3: ``acbmse --help`` answers fast and imports neither torch nor matplotlib."""
+    """``acbmse --help`` answers fast and imports neither torch nor matplotlib."""
     command = [sys.executable, "-m", "acbmse_cli", "--help"]
     times = []
     for _ in range(runs):
