@@ -309,8 +309,10 @@ def demo(
     (a hit is detected where the output is above 10, half the smallest hit
     value), the share of blank outputs (no pixel above 10), MSE per class.
     """
-    from acbmse_cli.demo import DemoOptions, parse_frame_size, parse_losses, prepare_output_dir
+    from acbmse_cli._files import OutputDir
+    from acbmse_cli.demo import DemoOptions, parse_frame_size, parse_losses, run_demo, save_outputs
     from acbmse_cli.devices import resolve_device
+    from acbmse_cli.report import TrainingProgress, render_demo_table, render_written
 
     height, width = parse_frame_size(frame_size)
     options = DemoOptions(
@@ -325,48 +327,22 @@ def demo(
         width=width,
         threads=threads,
     )
-    out_dir = None if out is None else prepare_output_dir(out, "--out")
-    data_dir = None if save_data is None else prepare_output_dir(save_data, "--save-data")
+    figure_dir = None if out is None else OutputDir(out, option="--out")
+    data_dir = None if save_data is None else OutputDir(save_data, option="--save-data")
     torch_device = resolve_device(device)
-
-    import json
-    from contextlib import nullcontext
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from acbmse_cli.demo import LOSS_LABELS, metrics_table, run_demo, save_outputs
-
-    stderr = Console(stderr=True)
-    show_progress = not quiet and stderr.is_terminal
-    bars = Progress(
-        TextColumn("{task.description:>8}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4g}"),
-        TimeElapsedColumn(),
-        console=stderr,
-        disable=not show_progress,
-    )
-    tasks = {
-        name: bars.add_task(LOSS_LABELS[name], total=options.steps, loss=float("nan"))
-        for name in options.losses
-    }
-
-    def on_step(name: str, step: int, total: int, value: float) -> None:
-        bars.update(tasks[name], completed=step, loss=value)
-
-    with bars if show_progress else nullcontext():
-        result = run_demo(options, device=torch_device, progress=on_step if show_progress else None)
-    written = save_outputs(result, data_dir=data_dir, figure_dir=out_dir)
-
+    with TrainingProgress(options.losses, options.steps, enabled=not quiet) as progress:
+        result = run_demo(options, device=torch_device, progress=progress.callback)
+    written = save_outputs(result, data_dir=data_dir, figure_dir=figure_dir)
     if output_format == "json":
+        import json
+
         sys.stdout.write(json.dumps(result.metrics(), indent=2) + "\n")
-        return
-    console = Console()
-    console.print(metrics_table(result))
-    for path in written:
-        console.print(f"Wrote {path}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        from rich.console import Console
+
+        console = Console()
+        render_demo_table(result, console)
+        render_written(written, console)
 
 
 def main(argv: list[str] | None = None) -> None:
