@@ -237,61 +237,28 @@ def curves(
     2: loss against recovery and overshoot (none returned, exact recovery, whole image lit).
     3: gradient mass on the signal, sum over hit pixels of |d loss / d prediction|, along sweep 1.
     """
-    from pathlib import Path
-
-    from acbmse_cli.curves import validate_options
-
-    validate_options(
-        hit_weight=hit_weight, nonhit_weight=nonhit_weight, value=value, recovery=recovery, pixels=pixels
-    )
-    from acbmse_cli.plots import check_out_dir
-
-    check_out_dir(out, image_format)
-    out_dir = Path(out)
-
-    from acbmse_cli.curves import X_LABELS, Y_LABELS, compute_curves
+    from acbmse_cli._files import OutputDir
+    from acbmse_cli.curves import CurvesOptions, run_curves
     from acbmse_cli.devices import resolve_device
     from acbmse_cli.plots import write_figures
+    from acbmse_cli.report import render_curves_table, render_written
 
-    data = compute_curves(
-        hit_weight=hit_weight,
-        nonhit_weight=nonhit_weight,
-        value=value,
-        recovery=recovery,
-        pixels=pixels,
-        device=resolve_device(device),
+    options = CurvesOptions(
+        hit_weight=hit_weight, nonhit_weight=nonhit_weight, value=value, recovery=recovery, pixels=pixels
     )
-    written = write_figures(data, out_dir, image_format)
+    folder = OutputDir(out, option="--out")
+    data = run_curves(options, device=resolve_device(device))
+    written = write_figures(data, folder, image_format)
     if output_format == "json":
         sys.stdout.write(data.to_json() + "\n")
-        return
-    if output_format == "csv":
+    elif output_format == "csv":
         sys.stdout.write(data.to_csv())
-        return
+    else:
+        from rich.console import Console
 
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    titles = {
-        "signal_size": f"Loss against signal size at {100 * recovery:g}% recovery",
-        "recovery": (
-            f"Loss against recovery (signal of {data.recovery_hits} in {data.recovery_pixels} pixels)"
-        ),
-        "gradient": f"{Y_LABELS['gradient']} at {100 * recovery:g}% recovery",
-    }
-    for sweep in data.sweeps():
-        table = Table(title=titles[sweep.name], title_justify="left")
-        table.add_column("point")
-        table.add_column(X_LABELS[sweep.name], justify="right")
-        for header in ("MSE", "MAE", "ACB-MSE"):
-            table.add_column(header, justify="right")
-        for label, i in sweep.marks:
-            row = (sweep.x[i], sweep.mse[i], sweep.mae[i], sweep.acb_mse[i])
-            table.add_row(label, *(f"{v:.6g}" for v in row))
-        console.print(table)
-    for path in written:
-        console.print(f"Wrote {path}", markup=False, highlight=False, soft_wrap=True)
+        console = Console()
+        render_curves_table(data, console)
+        render_written(written, console)
 
 
 # --------------------------------------------------------------------------- demo
@@ -342,8 +309,10 @@ def demo(
     (a hit is detected where the output is above 10, half the smallest hit
     value), the share of blank outputs (no pixel above 10), MSE per class.
     """
-    from acbmse_cli.demo import DemoOptions, parse_frame_size, parse_losses, prepare_output_dir
+    from acbmse_cli._files import OutputDir
+    from acbmse_cli.demo import DemoOptions, parse_frame_size, parse_losses, run_demo, save_outputs
     from acbmse_cli.devices import resolve_device
+    from acbmse_cli.report import TrainingProgress, render_demo_table, render_written
 
     height, width = parse_frame_size(frame_size)
     options = DemoOptions(
@@ -358,48 +327,22 @@ def demo(
         width=width,
         threads=threads,
     )
-    out_dir = None if out is None else prepare_output_dir(out, "--out")
-    data_dir = None if save_data is None else prepare_output_dir(save_data, "--save-data")
+    figure_dir = None if out is None else OutputDir(out, option="--out")
+    data_dir = None if save_data is None else OutputDir(save_data, option="--save-data")
     torch_device = resolve_device(device)
-
-    import json
-    from contextlib import nullcontext
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from acbmse_cli.demo import LOSS_LABELS, metrics_table, run_demo, save_outputs
-
-    stderr = Console(stderr=True)
-    show_progress = not quiet and stderr.is_terminal
-    bars = Progress(
-        TextColumn("{task.description:>8}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4g}"),
-        TimeElapsedColumn(),
-        console=stderr,
-        disable=not show_progress,
-    )
-    tasks = {
-        name: bars.add_task(LOSS_LABELS[name], total=options.steps, loss=float("nan"))
-        for name in options.losses
-    }
-
-    def on_step(name: str, step: int, total: int, value: float) -> None:
-        bars.update(tasks[name], completed=step, loss=value)
-
-    with bars if show_progress else nullcontext():
-        result = run_demo(options, device=torch_device, progress=on_step if show_progress else None)
-    written = save_outputs(result, data_dir=data_dir, figure_dir=out_dir)
-
+    with TrainingProgress(options.losses, options.steps, enabled=not quiet) as progress:
+        result = run_demo(options, device=torch_device, progress=progress.callback)
+    written = save_outputs(result, data_dir=data_dir, figure_dir=figure_dir)
     if output_format == "json":
+        import json
+
         sys.stdout.write(json.dumps(result.metrics(), indent=2) + "\n")
-        return
-    console = Console()
-    console.print(metrics_table(result))
-    for path in written:
-        console.print(f"Wrote {path}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        from rich.console import Console
+
+        console = Console()
+        render_demo_table(result, console)
+        render_written(written, console)
 
 
 def main(argv: list[str] | None = None) -> None:

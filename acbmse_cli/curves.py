@@ -23,7 +23,9 @@ The three sweeps (``--pixels`` = P, ToF value of a hit = v):
 Kept hit pixels at a given recovery: ``floor(recovery * hits + 1/2)``, i.e.
 rounded to the nearest whole pixel, halves up.
 
-This module depends on torch and the project's loss only.
+The settings of a run are one :class:`CurvesOptions`, checked once on creation;
+:func:`run_curves` measures them.  This module depends on torch and the
+project's loss only.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import vmap
 
+from acbmse_cli._checks import FLOAT32_MAX, as_input_error, check_integer, check_real, check_weight
+from acbmse_cli._loss_names import LOSS_NAMES
 from acbmse_cli.errors import InputError
 from acbmse_cli.loss import acb_mse_loss, hit_mask
 
@@ -54,18 +58,18 @@ __all__ = [
     "X_LABELS",
     "Y_LABELS",
     "Curves",
+    "CurvesOptions",
     "Sweep",
     "compute_curves",
     "kept_pixels",
     "recovery_image_size",
-    "validate_options",
+    "run_curves",
 ]
 
 SweepName = Literal["signal_size", "recovery", "gradient"]
 SWEEP_NAMES: tuple[SweepName, ...] = ("signal_size", "recovery", "gradient")
-LOSS_NAMES: tuple[str, ...] = ("mse", "mae", "acb_mse")
 
-#: The recovery sweep's signal is this share of its image (as in the seed's figure).
+#: The recovery sweep's signal is one in this many pixels of its image.
 SIGNAL_SHARE = 6
 #: Largest ``--pixels``: the recovery sweep holds about P^2 values.
 MAX_PIXELS = 10_000
@@ -74,7 +78,7 @@ MAX_PIXELS = 10_000
 MIN_VALUE = 1e-100
 MAX_VALUE = 1e100
 #: Largest weight: the project's loss takes weights in the float32 range.
-MAX_WEIGHT = float(torch.finfo(torch.float32).max)
+MAX_WEIGHT = FLOAT32_MAX
 #: Rows of a sweep are measured in chunks of at most this many elements.
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -161,35 +165,36 @@ class Curves:
 # --------------------------------------------------------------------------- options
 
 
-def _real(option: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{option} must be a number, got {value!r}")
-    fvalue = float(value)
-    if not math.isfinite(fvalue):
-        raise InputError(f"{option} must be finite, got {value!r}")
-    return fvalue
+@dataclass(frozen=True)
+class CurvesOptions:
+    """The settings of the three sweeps; checked on creation (:class:`InputError` names the option).
 
+    Args:
+        hit_weight: A, the ACB-MSE weight of the hit class.
+        nonhit_weight: B, the weight of the non-hit class.
+        value: the ToF value of a hit pixel (the rest are 0), in [MIN_VALUE, MAX_VALUE].
+        recovery: share of the hit pixels kept in the signal-size and gradient sweeps, in [0, 1].
+        pixels: image size of the signal-size and gradient sweeps, 2 to MAX_PIXELS; the recovery
+            sweep uses the nearest multiple of 6.
+    """
 
-def validate_options(
-    *, hit_weight: float, nonhit_weight: float, value: float, recovery: float, pixels: int
-) -> None:
-    """Refuse bad sweep options with an :class:`InputError` naming the option and the value."""
-    for option, weight in (("--hit-weight", hit_weight), ("--nonhit-weight", nonhit_weight)):
-        if not 0 <= _real(option, weight) <= MAX_WEIGHT:
-            raise InputError(
-                f"{option} must lie in [0, {MAX_WEIGHT:.4g}] (the float32 range), got {weight!r}"
-            )
-    if not MIN_VALUE <= _real("--value", value) <= MAX_VALUE:
-        raise InputError(
-            f"--value (the ToF value of a hit pixel) must lie in [{MIN_VALUE:g}, {MAX_VALUE:g}], "
-            f"got {value!r}"
-        )
-    if not 0.0 <= _real("--recovery", recovery) <= 1.0:
-        raise InputError(f"--recovery must lie in [0, 1], got {recovery!r}")
-    if isinstance(pixels, bool) or not isinstance(pixels, int):
-        raise InputError(f"--pixels must be a whole number, got {pixels!r}")
-    if not 2 <= pixels <= MAX_PIXELS:
-        raise InputError(f"--pixels must be between 2 and {MAX_PIXELS}, got {pixels}")
+    hit_weight: float = 1.0
+    nonhit_weight: float = 1.0
+    value: float = 100.0
+    recovery: float = 0.5
+    pixels: int = 100
+
+    def __post_init__(self) -> None:
+        with as_input_error():
+            checked = {
+                "hit_weight": check_weight("--hit-weight", self.hit_weight),
+                "nonhit_weight": check_weight("--nonhit-weight", self.nonhit_weight),
+                "value": check_real("--value", self.value, minimum=MIN_VALUE, maximum=MAX_VALUE),
+                "recovery": check_real("--recovery", self.recovery, minimum=0.0, maximum=1.0),
+                "pixels": check_integer("--pixels", self.pixels, minimum=2, maximum=MAX_PIXELS),
+            }
+        for name, checked_value in checked.items():
+            object.__setattr__(self, name, checked_value)
 
 
 def kept_pixels(recovery: float, hits: int) -> int:
@@ -219,7 +224,10 @@ def _first(counts: Tensor, pixels: int, value: float, dtype: torch.dtype) -> Ten
     return torch.where(lit, torch.tensor(value, dtype=dtype, device=counts.device), 0.0).to(dtype)
 
 
-def _losses(prediction: Tensor, target: Tensor, hit_weight: float, nonhit_weight: float) -> dict[str, Tensor]:
+_Measure = Callable[[Tensor, Tensor, CurvesOptions], dict[str, Tensor]]
+
+
+def _losses(prediction: Tensor, target: Tensor, options: CurvesOptions) -> dict[str, Tensor]:
     """Each row's MSE, MAE (torch's losses, one call per row via vmap) and ACB-MSE (balanced per row)."""
     return {
         "mse": vmap(F.mse_loss)(prediction, target),
@@ -227,28 +235,40 @@ def _losses(prediction: Tensor, target: Tensor, hit_weight: float, nonhit_weight
         "acb_mse": acb_mse_loss(
             prediction,
             target,
-            hit_weight=hit_weight,
-            nonhit_weight=nonhit_weight,
+            hit_weight=options.hit_weight,
+            nonhit_weight=options.nonhit_weight,
             per_sample=True,
             reduction="none",
         ),
     }
 
 
+def _gradient_mass(prediction: Tensor, target: Tensor, options: CurvesOptions) -> dict[str, Tensor]:
+    """Each row's sum over its hit pixels of ``|d loss / d prediction|``, per loss."""
+    prediction = prediction.detach().requires_grad_()
+    on_signal = hit_mask(target)
+    out: dict[str, Tensor] = {}
+    for name, per_row in _losses(prediction, target, options).items():
+        # Rows are independent, so the gradient of the sum holds each row's own gradient.
+        (grad,) = torch.autograd.grad(per_row.sum(), prediction)
+        out[name] = torch.where(on_signal, grad.abs(), 0.0).sum(dim=1)
+    return out
+
+
 def _measure(
     target_counts: Tensor,
     kept_counts: Tensor,
     pixels: int,
-    measure: Callable[[Tensor, Tensor], dict[str, Tensor]],
-    value: float,
+    measure: _Measure,
+    options: CurvesOptions,
     dtype: torch.dtype,
 ) -> dict[str, list[float]]:
     """Build the target/prediction rows chunk by chunk and collect ``measure`` of each row."""
     out: dict[str, list[float]] = {name: [] for name in LOSS_NAMES}
     for rows in _chunks(int(target_counts.shape[0]), pixels):
-        target = _first(target_counts[rows], pixels, value, dtype)
-        prediction = _first(kept_counts[rows], pixels, value, dtype)
-        for name, values in measure(prediction, target).items():
+        target = _first(target_counts[rows], pixels, options.value, dtype)
+        prediction = _first(kept_counts[rows], pixels, options.value, dtype)
+        for name, values in measure(prediction, target, options).items():
             out[name].extend(float(v) for v in values.detach().cpu().tolist())
     return out
 
@@ -270,85 +290,94 @@ def compute_curves(
     pixels: int = 100,
     device: torch.device | str = "cpu",
 ) -> Curves:
+    """:func:`run_curves` of the :class:`CurvesOptions` with these settings, on ``device``.
+
+    Raises:
+        InputError: an option is out of range, or a sweep overflows.
+    """
+    options = CurvesOptions(
+        hit_weight=hit_weight, nonhit_weight=nonhit_weight, value=value, recovery=recovery, pixels=pixels
+    )
+    return run_curves(options, device=device)
+
+
+def run_curves(options: CurvesOptions, *, device: torch.device | str = "cpu") -> Curves:
     """Run the three sweeps (see the module docstring) and return their numbers.
 
     Args:
-        hit_weight: A, the ACB-MSE weight of the hit class.
-        nonhit_weight: B, the weight of the non-hit class.
-        value: the ToF value of a hit pixel (the rest are 0).
-        recovery: share of the hit pixels kept in the signal-size and gradient sweeps.
-        pixels: image size of the signal-size and gradient sweeps; the recovery sweep uses
-            the nearest multiple of 6.
+        options: the sweeps' settings.
         device: where the arithmetic runs (float64, or float32 where float64 is missing: MPS).
 
     Raises:
-        InputError: an option is out of range.
+        InputError: a sweep overflows to a non-finite number (too large a value or weight).
     """
-    validate_options(
-        hit_weight=hit_weight, nonhit_weight=nonhit_weight, value=value, recovery=recovery, pixels=pixels
-    )
     device = torch.device(device)
     dtype = torch.float32 if device.type == "mps" else torch.float64
-    value = float(value)
-
-    def losses(prediction: Tensor, target: Tensor) -> dict[str, Tensor]:
-        return _losses(prediction, target, hit_weight, nonhit_weight)
-
-    def gradient_mass(prediction: Tensor, target: Tensor) -> dict[str, Tensor]:
-        prediction = prediction.detach().requires_grad_(True)
-        on_signal = hit_mask(target)
-        out: dict[str, Tensor] = {}
-        for name, per_row in _losses(prediction, target, hit_weight, nonhit_weight).items():
-            # Rows are independent, so the gradient of the sum holds each row's own gradient.
-            (grad,) = torch.autograd.grad(per_row.sum(), prediction)
-            out[name] = torch.where(on_signal, grad.abs(), 0.0).sum(dim=1)
-        return out
-
-    # Signal-size and gradient sweeps: 2, 4, ... hit pixels, ending at the whole image.
-    hit_counts = list(range(2, pixels + 1, 2))
-    if hit_counts[-1] != pixels:
-        hit_counts.append(pixels)
-    kept = [kept_pixels(recovery, h) for h in hit_counts]
-    hits_t = torch.tensor(hit_counts, device=device)
-    kept_t = torch.tensor(kept, device=device)
-    size_x = [100.0 * h / pixels for h in hit_counts]
-    size = _measure(hits_t, kept_t, pixels, losses, value, dtype)
-    grads = _measure(hits_t, kept_t, pixels, gradient_mass, value, dtype)
-
-    # Recovery sweep: a signal of a sixth of the image; 0 ... all pixels returned.
-    image, signal = recovery_image_size(pixels)
-    returned = torch.arange(image + 1, device=device)
-    rec = _measure(torch.full_like(returned, signal), returned, image, losses, value, dtype)
-    rec_x = [k / signal for k in range(image + 1)]
-
-    def sweep(
-        name: SweepName, x: list[float], ys: dict[str, list[float]], marks: tuple[tuple[str, int], ...]
-    ) -> Sweep:
-        return Sweep(
-            name=name,
-            x=tuple(x),
-            mse=tuple(ys["mse"]),
-            mae=tuple(ys["mae"]),
-            acb_mse=tuple(ys["acb_mse"]),
-            marks=marks,
-        )
-
+    size_x, size, grads = _signal_size_sweeps(options, device, dtype)
+    rec_x, rec = _recovery_sweep(options, device, dtype)
     for name, ys in (("signal_size", size), ("recovery", rec), ("gradient", grads)):
-        if not all(math.isfinite(v) for series in ys.values() for v in series):
-            raise InputError(
-                f"the {name} sweep overflows to a non-finite number with --value {value:g}, "
-                f"--hit-weight {hit_weight:g}, --nonhit-weight {nonhit_weight:g}: choose smaller ones"
-            )
-
+        _check_finite(name, ys, options)
+    image, signal = recovery_image_size(options.pixels)
     return Curves(
-        signal_size=sweep("signal_size", size_x, size, _marks(size_x)),
-        recovery=sweep("recovery", rec_x, rec, _marks(rec_x, (("exact recovery", signal),))),
-        gradient=sweep("gradient", size_x, grads, _marks(size_x)),
-        hit_weight=float(hit_weight),
-        nonhit_weight=float(nonhit_weight),
-        value=value,
-        recovery_share=float(recovery),
-        pixels=pixels,
+        signal_size=_sweep("signal_size", size_x, size, _marks(size_x)),
+        recovery=_sweep("recovery", rec_x, rec, _marks(rec_x, (("exact recovery", signal),))),
+        gradient=_sweep("gradient", size_x, grads, _marks(size_x)),
+        hit_weight=options.hit_weight,
+        nonhit_weight=options.nonhit_weight,
+        value=options.value,
+        recovery_share=options.recovery,
+        pixels=options.pixels,
         recovery_pixels=image,
         recovery_hits=signal,
     )
+
+
+def _signal_size_sweeps(
+    options: CurvesOptions, device: torch.device, dtype: torch.dtype
+) -> tuple[list[float], dict[str, list[float]], dict[str, list[float]]]:
+    """x, losses and gradient masses of the signal-size and gradient sweeps.
+
+    The signal has 2, 4, ... hit pixels, ending at the whole image.
+    """
+    pixels = options.pixels
+    hit_counts = list(range(2, pixels + 1, 2))
+    if hit_counts[-1] != pixels:
+        hit_counts.append(pixels)
+    hits = torch.tensor(hit_counts, device=device)
+    kept = torch.tensor([kept_pixels(options.recovery, h) for h in hit_counts], device=device)
+    x = [100.0 * h / pixels for h in hit_counts]
+    losses = _measure(hits, kept, pixels, _losses, options, dtype)
+    grads = _measure(hits, kept, pixels, _gradient_mass, options, dtype)
+    return x, losses, grads
+
+
+def _recovery_sweep(
+    options: CurvesOptions, device: torch.device, dtype: torch.dtype
+) -> tuple[list[float], dict[str, list[float]]]:
+    """x and losses of the recovery sweep: a signal of a sixth of the image, 0 ... all pixels returned."""
+    image, signal = recovery_image_size(options.pixels)
+    returned = torch.arange(image + 1, device=device)
+    losses = _measure(torch.full_like(returned, signal), returned, image, _losses, options, dtype)
+    return [k / signal for k in range(image + 1)], losses
+
+
+def _sweep(
+    name: SweepName, x: list[float], ys: dict[str, list[float]], marks: tuple[tuple[str, int], ...]
+) -> Sweep:
+    return Sweep(
+        name=name,
+        x=tuple(x),
+        mse=tuple(ys["mse"]),
+        mae=tuple(ys["mae"]),
+        acb_mse=tuple(ys["acb_mse"]),
+        marks=marks,
+    )
+
+
+def _check_finite(name: str, ys: dict[str, list[float]], options: CurvesOptions) -> None:
+    if not all(math.isfinite(v) for series in ys.values() for v in series):
+        raise InputError(
+            f"the {name} sweep overflows to a non-finite number with --value {options.value:g}, "
+            f"--hit-weight {options.hit_weight:g}, --nonhit-weight {options.nonhit_weight:g}: "
+            "choose smaller ones"
+        )

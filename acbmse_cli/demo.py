@@ -3,7 +3,7 @@
 :func:`run_demo` trains the same convolutional autoencoder (same initial weights, same batches in the same
 order, same optimiser and learning rate, same number of steps) once per loss on synthetic detector frames
 (:mod:`acbmse_cli.synthetic`), then evaluates every model on one held-out set.  The result is plain data;
-:func:`metrics_table`, :func:`save_data` and :func:`save_figure` render or store it.
+:func:`save_outputs` stores it (:func:`acbmse_cli.report.render_demo_table` renders it).
 
 **Metrics on the held-out set.**  The truth is the target's hit class (``|target| > 0``).  A pixel of a
 model's output counts as a *detected hit* when its value is above the detection threshold, which is half
@@ -24,23 +24,26 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from acbmse_cli._checks import as_input_error, check_integer, check_real, check_weight
+from acbmse_cli._files import OutputDir, Writer, as_output_dir, write_files
+from acbmse_cli._loss_names import LOSS_LABELS, LOSS_NAMES
 from acbmse_cli.errors import InputError
-from acbmse_cli.loss import _check_weight, acb_mse_loss, balanced_loss, class_stats, detection_counts
+from acbmse_cli.loss import acb_mse_loss, balanced_loss, class_stats, detection_counts
 from acbmse_cli.synthetic import CROSS, LINE, SyntheticConfig, SyntheticPairs, generate_pairs
 
 if TYPE_CHECKING:
-    from rich.table import Table
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = [
     "LOSS_LABELS",
@@ -51,18 +54,13 @@ __all__ = [
     "LossRun",
     "default_threads",
     "heldout_metrics",
-    "metrics_table",
     "parse_frame_size",
     "parse_losses",
-    "prepare_output_dir",
     "run_demo",
     "save_data",
     "save_figure",
     "save_outputs",
 ]
-
-LOSS_NAMES: tuple[str, ...] = ("mse", "mae", "acb_mse")
-LOSS_LABELS: dict[str, str] = {"mse": "MSE", "mae": "MAE", "acb_mse": "ACB-MSE"}
 
 # Where --save-data puts things (inside the directory given).
 INPUT_FILE = "input.npy"
@@ -105,20 +103,6 @@ def parse_frame_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} must be an integer of at least {minimum}, got {value!r}")
-    return int(value)
-
-
-def _weight(name: str, value: object) -> float:
-    """The loss's own weight check (finite, non-negative, within float32), as an InputError."""
-    try:
-        return _check_weight(name, value)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-
-
 @dataclass(frozen=True)
 class DemoOptions:
     """Everything a demo run depends on; validated on creation (:class:`InputError` names the option).
@@ -155,36 +139,44 @@ class DemoOptions:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        _positive_int("--steps", self.steps)
-        _positive_int("--batch-size", self.batch_size)
-        _positive_int("--seed", self.seed, minimum=0)
-        if self.seed >= MAX_SEED:
-            raise InputError(f"--seed must be less than 2**63 = {MAX_SEED}, got {self.seed}")
-        _positive_int("--eval-frames", self.eval_frames)
-        _positive_int("channels", self.channels)
-        _positive_int("latent", self.latent)
+        with as_input_error():
+            self._check_counts()
+            self._check_losses()
+            self._check_frame()
+
+    def _check_counts(self) -> None:
+        """The counts and sizes of the run, and the learning rate."""
+        check_integer("--steps", self.steps)
+        check_integer("--batch-size", self.batch_size)
+        check_integer("--seed", self.seed, minimum=0, maximum=MAX_SEED - 1)
+        check_integer("--eval-frames", self.eval_frames)
+        check_integer("channels", self.channels)
+        check_integer("latent", self.latent)
         if self.threads is not None:
-            _positive_int("--threads", self.threads)
-        if not isinstance(self.losses, tuple) or not self.losses:
-            raise InputError(f"--losses must name at least one loss, got {self.losses!r}")
+            check_integer("--threads", self.threads)
+        check_real("learning_rate", self.learning_rate, above=0.0)
+
+    def _check_losses(self) -> None:
+        """The losses to train and the ACB-MSE weights."""
+        if (
+            not isinstance(self.losses, tuple)
+            or not self.losses
+            or not all(isinstance(name, str) for name in self.losses)
+        ):
+            raise ValueError(f"--losses must name at least one loss, got {self.losses!r}")
         parse_losses(",".join(self.losses))
-        hit = _weight("--hit-weight", self.hit_weight)
-        nonhit = _weight("--nonhit-weight", self.nonhit_weight)
+        hit = check_weight("--hit-weight", self.hit_weight)
+        nonhit = check_weight("--nonhit-weight", self.nonhit_weight)
         if hit == 0 and nonhit == 0:
-            raise InputError(
+            raise ValueError(
                 "--hit-weight and --nonhit-weight are both 0: the ACB-MSE loss would always be 0"
             )
-        rate = self.learning_rate
-        if (
-            isinstance(rate, bool)
-            or not isinstance(rate, (int, float))
-            or not math.isfinite(rate)
-            or rate <= 0
-        ):
-            raise InputError(f"learning_rate must be a positive number, got {rate!r}")
+
+    def _check_frame(self) -> None:
+        """The frame size: the data's own check, then the autoencoder's."""
         self.data_config()  # checks the frame size
         if self.height % 8 or self.width % 8:
-            raise InputError(
+            raise ValueError(
                 "the frame size must be a multiple of 8 in each direction (the autoencoder halves it 3 "
                 f"times), got {self.height}x{self.width}"
             )
@@ -208,8 +200,8 @@ class DemoAutoencoder(nn.Module):
     Three stride-2 convolutions take a frame down 8 times in each direction (88 x 128 -> 11 x 16); a dense
     layer squeezes that into a code of ``latent`` numbers and another expands it back; three transposed
     convolutions return to the frame's size.  With no path around the code, the network must encode where
-    the pattern is, how large, and its values: the setting in which the project's seed saw MSE and MAE
-    settle on blank frames.  Values are divided by ``value_scale`` on the way in and multiplied by it on the
+    the pattern is, how large, and its values: the setting in which MSE and MAE tend to settle on blank
+    frames.  Values are divided by ``value_scale`` on the way in and multiplied by it on the
     way out, so the network works near unit scale while its inputs and outputs are in the data's units.
     The output is linear (it may be negative).
 
@@ -378,41 +370,15 @@ def run_demo(
         :class:`DemoResult`, plain data.
     """
     device = torch.device(device)
-    config = options.data_config()
-    heldout = generate_pairs(options.eval_frames, seed=(options.seed, 2), config=config)
-
+    heldout = generate_pairs(options.eval_frames, seed=(options.seed, 2), config=options.data_config())
     with _torch_threads(options.threads, device):
-        initial = _initial_model(options)
-        models: dict[str, DemoAutoencoder] = {}
-        optimisers: dict[str, torch.optim.Optimizer] = {}
-        loss_fns = {name: _loss_function(name, options) for name in options.losses}
-        curves: dict[str, list[float]] = {name: [] for name in options.losses}
-        for name in options.losses:
-            model = copy.deepcopy(initial)  # the same initial weights for every loss
-            models[name] = model.to(device).train()
-            optimisers[name] = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
-
-        for step in range(options.steps):
-            batch = _training_batch(options, step, config)
-            x = torch.from_numpy(batch.input).to(device)
-            y = torch.from_numpy(batch.target).to(device)
-            for name in options.losses:
-                optimisers[name].zero_grad(set_to_none=True)
-                loss = loss_fns[name](models[name](x), y)
-                loss.backward()  # type: ignore[no-untyped-call]
-                optimisers[name].step()
-                value = float(loss.detach())
-                curves[name].append(value)
-                if progress is not None:
-                    progress(name, step + 1, options.steps, value)
-
+        models, curves = _train(options, device, progress)
         runs: dict[str, LossRun] = {}
         for name in options.losses:
             predictions = _predict(models[name], heldout.input, device, options.batch_size)
             metrics = heldout_metrics(predictions, heldout.target, options)
             metrics["final_train_loss"] = _finite(curves[name][-1])
             runs[name] = LossRun(name=name, curve=curves[name], metrics=metrics, predictions=predictions)
-
     return DemoResult(
         options=options,
         device=str(device),
@@ -420,6 +386,36 @@ def run_demo(
         heldout=heldout,
         runs=runs,
     )
+
+
+def _train(
+    options: DemoOptions, device: torch.device, progress: ProgressCallback | None
+) -> tuple[dict[str, DemoAutoencoder], dict[str, list[float]]]:
+    """Train a copy of the initial model per loss, one step of each per batch; the models and curves."""
+    config = options.data_config()
+    initial = _initial_model(options)
+    models: dict[str, DemoAutoencoder] = {}
+    optimisers: dict[str, torch.optim.Optimizer] = {}
+    loss_fns = {name: _loss_function(name, options) for name in options.losses}
+    curves: dict[str, list[float]] = {name: [] for name in options.losses}
+    for name in options.losses:
+        model = copy.deepcopy(initial)  # the same initial weights for every loss
+        models[name] = model.to(device).train()
+        optimisers[name] = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
+    for step in range(options.steps):
+        batch = _training_batch(options, step, config)
+        x = torch.from_numpy(batch.input).to(device)
+        y = torch.from_numpy(batch.target).to(device)
+        for name in options.losses:
+            optimisers[name].zero_grad(set_to_none=True)
+            loss = loss_fns[name](models[name](x), y)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimisers[name].step()
+            value = float(loss.detach())
+            curves[name].append(value)
+            if progress is not None:
+                progress(name, step + 1, options.steps, value)
+    return models, curves
 
 
 @torch.no_grad()
@@ -477,166 +473,66 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-# --------------------------------------------------------------------------- rendering and files
+# --------------------------------------------------------------------------- files
 
 
-def _fmt(value: float | int | None, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}f}"
-
-
-def metrics_table(result: DemoResult) -> Table:
-    """A rich table, one row per loss, of the held-out metrics."""
-    from rich.table import Table
-
-    opts = result.options
-    table = Table(
-        title=(
-            f"{opts.eval_frames} held-out frames of {opts.height}x{opts.width} after {opts.steps} steps "
-            f"of {opts.batch_size} frames (seed {opts.seed}, {result.device})"
-        ),
-        caption=(
-            f"hit detected where output > {result.detect_threshold:g}; blank frame: none detected; "
-            f"A={opts.hit_weight:g}, B={opts.nonhit_weight:g}"
-        ),
-    )
-    table.add_column("loss")
-    for column in ("recall", "precision", "F1", "blank\nframes", "MSE\nhits", "MSE\nnon-hits", "ACB-MSE"):
-        table.add_column(column, justify="right")
-    for name, run in result.runs.items():
-        m = run.metrics
-        table.add_row(
-            LOSS_LABELS[name],
-            _fmt(m["recall"]),
-            _fmt(m["precision"]),
-            _fmt(m["f1"]),
-            f"{m['blank_frames']}/{m['frames']}",
-            _fmt(m["mse_hit"], 1),
-            _fmt(m["mse_nonhit"], 2),
-            _fmt(m["acb_mse"], 1),
-        )
-    return table
-
-
-def _check_output_dir(directory: Path, option: str) -> None:
-    if directory.exists() and not directory.is_dir():
-        raise InputError(f"{option} {directory}: exists and is not a directory")
-
-
-def prepare_output_dir(directory: str | os.PathLike[str], option: str) -> Path:
-    """Check up front that ``directory`` can be used as an output directory (created later if missing)."""
-    if os.fspath(directory) == "":
-        raise InputError(f"{option} is empty: name a folder (use . for the current folder)")
-    path = Path(directory)
-    _check_output_dir(path, option)
-    parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {directory}: cannot write there ({parent} is not a writable directory)")
-    return path
-
-
-def _check_destinations(paths: Iterable[Path]) -> None:
-    """Refuse, before anything is written, a destination that is a folder or lies in no writable folder."""
-    for path in paths:
-        if path.is_dir():
-            raise InputError(f"cannot write {path}: it is a folder")
-        parent = path.parent  # a missing one is made later; prepare_output_dir checked its ancestors
-        if parent.exists() and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
-            raise InputError(f"cannot write {path}: {parent} is not a writable folder")
-
-
-def _atomic_write(writers: dict[Path, Callable[[Any], None]]) -> None:
-    """Write a set of files all together or not at all, as far as the file system allows.
-
-    Every destination is checked first (:func:`_check_destinations`); then every file is written through
-    its ``writer(handle)`` into a temporary file beside it; only when all are complete are they renamed
-    into place.  No file is left half-written, and no file is replaced when a destination is unusable or
-    a writer fails.  Should a rename fail even so (a race with another process), the files renamed before
-    it stay replaced; the remaining temporaries are removed.
-    """
-    _check_destinations(writers)
-    umask = os.umask(0)
-    os.umask(umask)
-    temporary: dict[Path, str] = {}
-    path = next(iter(writers), Path("."))
-    try:
-        for path, write in writers.items():
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            temporary[path] = tmp
-            with os.fdopen(fd, "wb") as handle:
-                write(handle)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        for path, tmp in temporary.items():
-            os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        for tmp in temporary.values():
-            Path(tmp).unlink(missing_ok=True)
-
-
-def _make_dir(directory: Path, option: str) -> None:
-    _check_output_dir(directory, option)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{option} {directory}: cannot create the directory ({exc.strerror})") from None
-
-
-def save_data(result: DemoResult, directory: str | os.PathLike[str]) -> list[Path]:
+def save_data(result: DemoResult, directory: str | os.PathLike[str] | OutputDir) -> list[Path]:
     """Write the held-out set and every model's outputs as ``.npy`` files; return their paths.
 
     Files (float32, shape ``(N, 1, H, W)``): ``input.npy`` (the noisy frames), ``target.npy`` (the clean
     signal) and ``pred_<loss>.npy`` for each trained loss, so that ``acbmse eval DIR/pred_acb_mse.npy
-    DIR/target.npy`` evaluates a model.  Each file is written atomically.
+    DIR/target.npy`` evaluates a model.  The files are written together or not at all.
     """
     return save_outputs(result, data_dir=directory)
 
 
-def _data_writers(result: DemoResult, directory: Path) -> dict[Path, Callable[[Any], None]]:
+def save_figure(result: DemoResult, directory: str | os.PathLike[str] | OutputDir) -> Path:
+    """Write ``demo.png``: a few held-out frames (input, target, each loss's output) and the loss curves."""
+    (target,) = save_outputs(result, figure_dir=directory)
+    return target
+
+
+def save_outputs(
+    result: DemoResult,
+    *,
+    data_dir: str | os.PathLike[str] | OutputDir | None = None,
+    figure_dir: str | os.PathLike[str] | OutputDir | None = None,
+) -> list[Path]:
+    """Write the ``--save-data`` files into ``data_dir`` and the figure into ``figure_dir`` together.
+
+    A folder given as a path is checked here (:class:`~acbmse_cli._files.OutputDir`); the files are then
+    written all together or not at all (:func:`~acbmse_cli._files.write_files`): a destination that is a
+    folder, or a failed write, replaces no file.  Returns the paths written, the data files first.
+    """
+    data = None if data_dir is None else as_output_dir(data_dir, option="--save-data")
+    figure = None if figure_dir is None else as_output_dir(figure_dir, option="--out")
+    writers: dict[Path, Writer] = {}
+    if data is not None:
+        writers.update(_data_writers(result, data.path))
+    if figure is not None:
+        writers[figure.path / FIGURE_FILE] = _figure_writer(result)
+    return write_files(writers)
+
+
+def _data_writers(result: DemoResult, directory: Path) -> dict[Path, Writer]:
     arrays = {INPUT_FILE: result.heldout.input, TARGET_FILE: result.heldout.target}
     for name, run in result.runs.items():
         arrays[PREDICTION_FILE.format(loss=name)] = run.predictions
     return {directory / filename: _npy_writer(array) for filename, array in arrays.items()}
 
 
-def save_outputs(
-    result: DemoResult,
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    figure_dir: str | os.PathLike[str] | None = None,
-) -> list[Path]:
-    """Write the ``--save-data`` files into ``data_dir`` and the figure into ``figure_dir`` together.
+def _npy_writer(array: np.ndarray) -> Writer:
+    def write(stream: BinaryIO) -> None:
+        np.save(stream, array, allow_pickle=False)
 
-    All destinations are checked, then all files written to temporaries, then all renamed into place
-    (see :func:`_atomic_write`): a destination that is a folder, or a failed write, replaces no file.
-    Returns the paths written, the data files first.
-    """
-    writers: dict[Path, Callable[[Any], None]] = {}
-    if data_dir is not None:
-        data_path = prepare_output_dir(data_dir, "--save-data")
-    if figure_dir is not None:
-        figure_path = prepare_output_dir(figure_dir, "--out")
-    if data_dir is not None:
-        _check_destinations(_data_writers(result, data_path))
-    if figure_dir is not None:
-        _check_destinations([figure_path / FIGURE_FILE])
-    if data_dir is not None:
-        _make_dir(data_path, "--save-data")
-        writers.update(_data_writers(result, data_path))
-    if figure_dir is not None:
-        _make_dir(figure_path, "--out")
-        writers[figure_path / FIGURE_FILE] = _figure_writer(result)
-    _atomic_write(writers)
-    return list(writers)
+    return write
 
 
-def _npy_writer(array: np.ndarray) -> Callable[[Any], None]:
-    def write(handle: Any) -> None:
-        np.save(handle, array, allow_pickle=False)
+def _figure_writer(result: DemoResult) -> Writer:
+    """A writer that draws the figure of :func:`save_figure` and saves it as PNG."""
+
+    def write(stream: BinaryIO) -> None:
+        _draw_figure(result).savefig(stream, format="png", dpi=110)
 
     return write
 
@@ -653,28 +549,21 @@ def _figure_frames(pattern: np.ndarray, count: int) -> list[int]:
     return sorted(chosen)
 
 
-def save_figure(result: DemoResult, directory: str | os.PathLike[str]) -> Path:
-    """Write ``demo.png``: a few held-out frames (input, target, each loss's output) and the loss curves."""
-    (target,) = save_outputs(result, figure_dir=directory)
-    return target
-
-
-def _figure_writer(result: DemoResult, *, frames: int = 3) -> Callable[[Any], None]:
-    """Draw the figure of :func:`save_figure`; return a writer that saves it as PNG to a handle."""
+def _draw_figure(result: DemoResult, *, frames: int = 3) -> Figure:
+    """The figure of :func:`save_figure`: a row of panels per chosen frame, the training curves below."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    names = list(result.runs)
     chosen = _figure_frames(result.heldout.pattern, frames)
-    columns = 2 + len(names)
-    vmax = result.options.data_config().tof_max
+    columns = 2 + len(result.runs)
     fig = Figure(figsize=(2.6 * columns, 1.9 * len(chosen) + 3.2), layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(len(chosen) + 1, columns, height_ratios=[1.0] * len(chosen) + [1.5])
+    vmax = result.options.data_config().tof_max
     image = None
     for row, index in enumerate(chosen):
         panels = [("input", result.heldout.input[index, 0]), ("target", result.heldout.target[index, 0])]
-        panels += [(LOSS_LABELS[n], result.runs[n].predictions[index, 0]) for n in names]
+        panels += [(LOSS_LABELS[name], run.predictions[index, 0]) for name, run in result.runs.items()]
         for col, (title, frame) in enumerate(panels):
             ax = fig.add_subplot(grid[row, col])
             image = ax.imshow(
@@ -688,22 +577,22 @@ def _figure_writer(result: DemoResult, *, frames: int = 3) -> Callable[[Any], No
                 ax.set_ylabel(f"frame {index}")
     if image is not None:
         fig.colorbar(image, ax=fig.axes, shrink=0.6, label="value (ToF); output clipped to [0, max]")
-    curves = fig.add_subplot(grid[len(chosen), :])
-    for name in names:
-        curve = np.asarray(result.runs[name].curve, dtype=np.float64)
+    _plot_training_curves(fig.add_subplot(grid[len(chosen), :]), result)
+    return fig
+
+
+def _plot_training_curves(ax: Axes, result: DemoResult) -> None:
+    """Each loss's training curve relative to its first step, faint, and its running mean, thick."""
+    for name, run in result.runs.items():
+        curve = np.asarray(run.curve, dtype=np.float64)
         relative = curve / curve[0] if curve[0] > 0 else curve
         steps = np.arange(1, len(curve) + 1)
-        (line,) = curves.plot(steps, relative, alpha=0.25, linewidth=0.8)
+        (line,) = ax.plot(steps, relative, alpha=0.25, linewidth=0.8)
         window = max(1, len(curve) // 40)
         smooth = np.convolve(relative, np.ones(window) / window, mode="valid")
-        curves.plot(steps[window - 1 :], smooth, color=line.get_color(), label=LOSS_LABELS[name])
-    curves.set_yscale("log")
-    curves.set_xlabel("training step")
-    curves.set_ylabel("training loss / first step's")
-    curves.set_title("training-loss curves (each relative to its first step; thick: running mean)")
-    curves.legend()
-
-    def write(handle: Any) -> None:
-        fig.savefig(handle, format="png", dpi=110)
-
-    return write
+        ax.plot(steps[window - 1 :], smooth, color=line.get_color(), label=LOSS_LABELS[name])
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss / first step's")
+    ax.set_title("training-loss curves (each relative to its first step; thick: running mean)")
+    ax.legend()

@@ -1,48 +1,43 @@
 """The loss-response figures of ``acbmse curves``, drawn with matplotlib (Agg, no display needed).
 
-:func:`write_figures` draws the three sweeps of :mod:`acbmse_cli.curves` and
-writes them atomically: every destination is checked first (not a folder, in
-a writable folder), every image is then written to a temporary file beside its
-destination, and only when all of them are complete are they renamed into
-place, so an interrupted or failed run leaves no half image, and a destination
-known to be unusable stops the run before any image is replaced.  A rename that
-fails even so (a race with another process) leaves the images renamed before it
-in place and removes the remaining temporaries.
+:func:`write_figures` draws the three sweeps of :mod:`acbmse_cli.curves` and writes the three images
+together or not at all (:func:`acbmse_cli._files.write_files`): an interrupted or failed run leaves no
+half image, and a destination known to be unusable stops the run before any image is replaced.
 
-The y axes are logarithmic like the seed's figures.  Where a series touches 0
-(exact recovery in figure 2, or a zero weight) the axis is symmetric-log
-instead: linear in a narrow band above 0, logarithmic beyond, so a zero is
-drawn at the bottom of the axis rather than silently dropped.
+The y axes are logarithmic.  Where a series touches 0 (exact recovery in figure 2, or a zero weight) the
+axis is symmetric-log instead: linear in a narrow band above 0, logarithmic beyond, so a zero is drawn at
+the bottom of the axis rather than silently dropped.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
+from acbmse_cli._checks import as_input_error, check_choice
+from acbmse_cli._files import OutputDir, Writer, as_output_dir, write_files
+from acbmse_cli._loss_names import LOSS_LABELS
 from acbmse_cli.curves import X_LABELS, Curves, Sweep
-from acbmse_cli.errors import InputError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["IMAGE_FORMATS", "IMAGE_NAMES", "ImageFormat", "check_out_dir", "draw_figures", "write_figures"]
+__all__ = ["IMAGE_FORMATS", "IMAGE_NAMES", "ImageFormat", "draw_figures", "write_figures"]
 
 ImageFormat = Literal["png", "svg", "pdf"]
 IMAGE_FORMATS: tuple[str, ...] = ("png", "svg", "pdf")
 #: File stem of each figure, in the order of :meth:`Curves.sweeps`.
 IMAGE_NAMES: tuple[str, ...] = ("loss_curve_1", "loss_curve_2", "loss_curve_3")
 
-# Same colour and line for a loss in every figure (as in the seed's figures).
+# Same colour and line for a loss in every figure; the legend lists the losses in this order.
 _STYLE: dict[str, dict[str, object]] = {
-    "mae": {"label": "MAE", "color": "tab:blue", "linestyle": "-"},
-    "mse": {"label": "MSE", "color": "tab:orange", "linestyle": "-"},
-    "acb_mse": {"label": "ACB-MSE", "color": "tab:green", "linestyle": "--"},
+    "mae": {"label": LOSS_LABELS["mae"], "color": "tab:blue", "linestyle": "-"},
+    "mse": {"label": LOSS_LABELS["mse"], "color": "tab:orange", "linestyle": "-"},
+    "acb_mse": {"label": LOSS_LABELS["acb_mse"], "color": "tab:green", "linestyle": "--"},
 }
 # No timestamps or version strings in the files: the same options give the same bytes.
 _METADATA: dict[str, dict[str, str | None]] = {
@@ -52,61 +47,6 @@ _METADATA: dict[str, dict[str, str | None]] = {
 }
 _DPI = 150
 _LEFT, _RIGHT = 0.13, 0.975
-
-
-# --------------------------------------------------------------------------- output folder
-
-
-def check_out_dir(out: str | os.PathLike[str], image_format: str | None = None) -> None:
-    """Refuse an output folder that cannot be written, before anything is computed or written.
-
-    ``out`` may not exist yet (it is created on writing), but then its nearest
-    existing parent must be a writable folder.  An empty ``out`` is refused (it
-    would mean the current folder).  With ``image_format``, the three image
-    paths in ``out`` are checked too: none may be a folder.
-    """
-    if os.fspath(out) == "":
-        raise InputError("--out is empty: name a folder (use . for the current folder)")
-    out = Path(out)
-    probe = out
-    while not probe.exists():
-        if probe.is_symlink():
-            raise InputError(f"--out {out}: {probe} is a broken symbolic link")
-        parent = probe.parent
-        if parent == probe:
-            break
-        probe = parent
-    if not probe.is_dir():
-        where = "is" if probe == out else f"lies under {probe}, which is"
-        raise InputError(f"--out {out} {where} a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"--out {out}: the folder {probe} is not writable")
-    if image_format is not None:
-        for target in _targets(out, image_format):
-            if target.is_dir():
-                raise InputError(f"--out {out}: {target} is a folder; cannot write the image there")
-
-
-def _targets(out: Path, image_format: str) -> list[Path]:
-    return [out / f"{name}.{image_format}" for name in IMAGE_NAMES]
-
-
-def _make_dirs(out: Path) -> list[Path]:
-    """Create ``out`` and missing parents; return the folders created, deepest first."""
-    missing: list[Path] = []
-    probe = out
-    while not probe.exists() and probe.parent != probe:
-        missing.append(probe)
-        probe = probe.parent
-    for folder in reversed(missing):
-        folder.mkdir()
-    return missing
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # --------------------------------------------------------------------------- drawing
@@ -137,8 +77,7 @@ def _set_y_scale(ax: Axes, values: Sequence[float]) -> str:
 
 def _plot_series(ax: Axes, sweep: Sweep) -> None:
     few = len(sweep.x) < 30
-    for name in ("mae", "mse", "acb_mse"):
-        style = _STYLE[name]
+    for name, style in _STYLE.items():
         ax.plot(
             sweep.x,
             sweep.series()[name],
@@ -163,8 +102,8 @@ def _new_figure() -> tuple[Figure, Axes]:
     # Fixed margins that fit the labels: a layout engine would double the drawing time.
     fig.subplots_adjust(left=_LEFT, right=_RIGHT, bottom=0.105, top=0.87)
     ax = fig.add_subplot()
-    ax.grid(True, which="major", alpha=0.3)
-    ax.grid(True, which="minor", alpha=0.08)
+    ax.grid(visible=True, which="major", alpha=0.3)
+    ax.grid(visible=True, which="minor", alpha=0.08)
     return fig, ax
 
 
@@ -243,7 +182,7 @@ def _figure_gradient(curves: Curves) -> Figure:
 
 
 def _figure_against_signal_size(curves: Curves, name: str, title: str, ylabel: str) -> Figure:
-    """Figures 1 and 3: a series per loss along the 50%-recovery signal-size sweep."""
+    """Figures 1 and 3: a series per loss along the signal-size sweep."""
     sweep = curves.signal_size if name == "signal_size" else curves.gradient
     fig, ax = _new_figure()
     _plot_series(ax, sweep)
@@ -261,59 +200,46 @@ def _figure_against_signal_size(curves: Curves, name: str, title: str, ylabel: s
     return fig
 
 
+_FIGURES: tuple[Callable[[Curves], Figure], ...] = (_figure_signal_size, _figure_recovery, _figure_gradient)
+
+
 def draw_figures(curves: Curves) -> list[Figure]:
     """The three figures, in the order of :data:`IMAGE_NAMES`."""
-    return [_figure_signal_size(curves), _figure_recovery(curves), _figure_gradient(curves)]
+    return [draw(curves) for draw in _FIGURES]
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def write_figures(curves: Curves, out: str | os.PathLike[str], image_format: str = "png") -> list[Path]:
-    """Draw the figures and write them into ``out`` (created if missing), atomically.
+def write_figures(
+    curves: Curves, out: str | os.PathLike[str] | OutputDir, image_format: str = "png"
+) -> list[Path]:
+    """Draw the figures and write them into ``out`` (created if missing), all together or not at all.
 
-    Returns the paths written, ``out/loss_curve_{1,2,3}.<image_format>``.
-
-    Every destination is checked before anything is written (see :func:`check_out_dir`), all images
-    are written to temporary files, and only then renamed into place.
+    Returns the paths written, ``out/loss_curve_{1,2,3}.<image_format>``.  ``out`` is checked here
+    unless it is an :class:`~acbmse_cli._files.OutputDir` already.
 
     Raises:
         InputError: unknown format, or ``out`` or one of the image paths cannot be written; then no
             temporary file is left behind, and no image is replaced unless a rename itself fails.
     """
-    if image_format not in IMAGE_FORMATS:
-        raise InputError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+    with as_input_error():
+        check_choice("--image-format", image_format, IMAGE_FORMATS)
+    folder = as_output_dir(out, option="--out")
     import matplotlib
 
-    check_out_dir(out, image_format)
-    out = Path(out)
-    figures = draw_figures(curves)
-    targets = _targets(out, image_format)
-    created: list[Path] = []
-    temporaries: list[Path] = []
-    try:
-        created = _make_dirs(out)
-        with matplotlib.rc_context({"svg.hashsalt": "acbmse-curves"}):
-            for fig, target in zip(figures, targets, strict=True):
-                handle, name = tempfile.mkstemp(dir=out, prefix=f".{target.name}.", suffix=".tmp")
-                temporaries.append(Path(name))
-                with os.fdopen(handle, "wb") as stream:
-                    fig.savefig(stream, format=image_format, dpi=_DPI, metadata=_METADATA[image_format])
-                os.chmod(name, 0o666 & ~_umask())
-        for temporary, target in zip(temporaries, targets, strict=True):
-            os.replace(temporary, target)
-    except OSError as exc:
-        for temporary in temporaries:
-            temporary.unlink(missing_ok=True)
-        for folder in created:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        where = exc.filename if exc.filename else out
-        raise InputError(f"cannot write the figures into {out}: {exc.strerror or exc} ({where})") from None
-    except BaseException:
-        for temporary in temporaries:
-            temporary.unlink(missing_ok=True)
-        raise
-    return targets
+    writers = {
+        folder.path / f"{name}.{image_format}": _image_writer(curves, draw, image_format)
+        for name, draw in zip(IMAGE_NAMES, _FIGURES, strict=True)
+    }
+    with matplotlib.rc_context({"svg.hashsalt": "acbmse-curves"}):
+        return write_files(writers, context=f"{folder.option} {folder}")
+
+
+def _image_writer(curves: Curves, draw: Callable[[Curves], Figure], image_format: str) -> Writer:
+    """A writer that draws one figure and saves it in ``image_format``."""
+
+    def write(stream: BinaryIO) -> None:
+        draw(curves).savefig(stream, format=image_format, dpi=_DPI, metadata=_METADATA[image_format])
+
+    return write

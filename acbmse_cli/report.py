@@ -254,3 +254,160 @@ class DelayedProgress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+# --------------------------------------------------------------------------- curves and demo
+#
+# The tables of ``acbmse curves`` and ``acbmse demo``, the demo's training progress bars and the
+# "Wrote PATH" lines of both.
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Iterable, Sequence
+
+    from rich.table import Table
+
+    from acbmse_cli.curves import Curves, Sweep
+    from acbmse_cli.demo import DemoResult
+
+__all__ += [
+    "TrainingProgress",
+    "demo_metrics_table",
+    "render_curves_table",
+    "render_demo_table",
+    "render_written",
+]
+
+
+def render_curves_table(curves: Curves, console: Console) -> None:
+    """One table per sweep of its telling points (start, middle, end, exact recovery), every loss."""
+    share = f"{100 * curves.recovery_share:g}% recovery"
+    from acbmse_cli.curves import Y_LABELS
+
+    titles = {
+        "signal_size": f"Loss against signal size at {share}",
+        "recovery": (
+            f"Loss against recovery (signal of {curves.recovery_hits} in {curves.recovery_pixels} pixels)"
+        ),
+        "gradient": f"{Y_LABELS['gradient']} at {share}",
+    }
+    for sweep in curves.sweeps():
+        console.print(_sweep_table(sweep, titles[sweep.name]))
+
+
+def _sweep_table(sweep: Sweep, title: str) -> Table:
+    from rich.table import Table
+
+    from acbmse_cli._loss_names import LOSS_LABELS, LOSS_NAMES
+    from acbmse_cli.curves import X_LABELS
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("point")
+    table.add_column(X_LABELS[sweep.name], justify="right")
+    for name in LOSS_NAMES:
+        table.add_column(LOSS_LABELS[name], justify="right")
+    series = sweep.series()
+    for label, i in sweep.marks:
+        row = (sweep.x[i], *(series[name][i] for name in LOSS_NAMES))
+        table.add_row(label, *(f"{v:.6g}" for v in row))
+    return table
+
+
+def _demo_cell(value: float | int | None, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def demo_metrics_table(result: DemoResult) -> Table:
+    """A rich table, one row per trained loss, of the demo's held-out metrics."""
+    from rich.table import Table
+
+    from acbmse_cli._loss_names import LOSS_LABELS
+
+    opts = result.options
+    table = Table(
+        title=(
+            f"{opts.eval_frames} held-out frames of {opts.height}x{opts.width} after {opts.steps} steps "
+            f"of {opts.batch_size} frames (seed {opts.seed}, {result.device})"
+        ),
+        caption=(
+            f"hit detected where output > {result.detect_threshold:g}; blank frame: none detected; "
+            f"A={opts.hit_weight:g}, B={opts.nonhit_weight:g}"
+        ),
+    )
+    table.add_column("loss")
+    for column in ("recall", "precision", "F1", "blank\nframes", "MSE\nhits", "MSE\nnon-hits", "ACB-MSE"):
+        table.add_column(column, justify="right")
+    for name, run in result.runs.items():
+        m = run.metrics
+        table.add_row(
+            LOSS_LABELS[name],
+            _demo_cell(m["recall"]),
+            _demo_cell(m["precision"]),
+            _demo_cell(m["f1"]),
+            f"{m['blank_frames']}/{m['frames']}",
+            _demo_cell(m["mse_hit"], 1),
+            _demo_cell(m["mse_nonhit"], 2),
+            _demo_cell(m["acb_mse"], 1),
+        )
+    return table
+
+
+def render_demo_table(result: DemoResult, console: Console) -> None:
+    """Print :func:`demo_metrics_table` of ``result``."""
+    console.print(demo_metrics_table(result))
+
+
+def render_written(paths: Iterable[str | os.PathLike[str]], console: Console) -> None:
+    """A ``Wrote PATH`` line per file written (the path as it is, never read as markup)."""
+    for path in paths:
+        console.print(f"Wrote {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+class TrainingProgress:
+    """The demo's progress bars on stderr, one per loss; shown only when stderr is a terminal.
+
+    Use as a context manager; :attr:`callback` is the ``progress`` of :func:`~acbmse_cli.demo.run_demo`
+    (``None`` when no bars are shown, so that training does not pay for them).
+    """
+
+    def __init__(self, losses: Sequence[str], steps: int, *, enabled: bool = True) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from acbmse_cli._loss_names import LOSS_LABELS
+
+        stderr = Console(stderr=True)
+        self.shown = enabled and stderr.is_terminal
+        self._bars = Progress(
+            TextColumn("{task.description:>8}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4g}"),
+            TimeElapsedColumn(),
+            console=stderr,
+            disable=not self.shown,
+        )
+        self._tasks = {
+            name: self._bars.add_task(LOSS_LABELS[name], total=steps, loss=float("nan")) for name in losses
+        }
+
+    @property
+    def callback(self) -> Callable[[str, int, int, float], None] | None:
+        """``progress(loss, step, steps, loss_value)`` updating the bars, or ``None`` when none is shown."""
+        return self._update if self.shown else None
+
+    def _update(self, name: str, step: int, total: int, value: float) -> None:
+        self._bars.update(self._tasks[name], completed=step, loss=value)
+
+    def __enter__(self) -> TrainingProgress:
+        if self.shown:
+            self._bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.shown:
+            self._bars.stop()

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from acbmse_cli.errors import InputError
+from acbmse_cli._checks import as_input_error, check_integer, check_real
 
 __all__ = ["CROSS", "LINE", "SyntheticConfig", "SyntheticPairs", "generate_pairs"]
 
@@ -49,6 +49,8 @@ _CROSS_ARM_W = 0.45
 _CROSS_ARM_H = 0.50
 _LINE_LENGTH_W = 0.78
 _REFERENCE_AREA = 88 * 128
+#: The settings of :class:`SyntheticConfig` that are finite, non-negative real numbers.
+_REAL_SETTINGS = ("tof_min", "tof_max", "scale_min", "scale_max", "noise_hits", "tof_gradient", "tof_jitter")
 
 
 @dataclass(frozen=True)
@@ -80,34 +82,18 @@ class SyntheticConfig:
     cross_fraction: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 8:
-                raise InputError(f"frame {name} must be an integer of at least 8, got {value!r}")
-        values = {
-            name: getattr(self, name)
-            for name in (
-                "tof_min",
-                "tof_max",
-                "scale_min",
-                "scale_max",
-                "noise_hits",
-                "tof_gradient",
-                "tof_jitter",
-                "cross_fraction",
-            )
-        }
-        for name, value in values.items():
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise InputError(f"{name} must be a finite non-negative number, got {value!r}")
-        if not 0 < self.tof_min < self.tof_max:
-            raise InputError(f"need 0 < tof_min < tof_max, got {self.tof_min!r} and {self.tof_max!r}")
-        if not 0 < self.scale_min <= self.scale_max:
-            raise InputError(
-                f"need 0 < scale_min <= scale_max, got {self.scale_min!r} and {self.scale_max!r}"
-            )
-        if self.cross_fraction > 1:
-            raise InputError(f"cross_fraction must lie in [0, 1], got {self.cross_fraction!r}")
+        with as_input_error():
+            for name in ("height", "width"):
+                check_integer(f"frame {name}", getattr(self, name), minimum=8)
+            for name in _REAL_SETTINGS:
+                check_real(name, getattr(self, name), minimum=0.0)
+            check_real("cross_fraction", self.cross_fraction, minimum=0.0, maximum=1.0)
+            if not 0 < self.tof_min < self.tof_max:
+                raise ValueError(f"need 0 < tof_min < tof_max, got {self.tof_min!r} and {self.tof_max!r}")
+            if not 0 < self.scale_min <= self.scale_max:
+                raise ValueError(
+                    f"need 0 < scale_min <= scale_max, got {self.scale_min!r} and {self.scale_max!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -214,16 +200,19 @@ def generate_pairs(
 
     Returns:
         :class:`SyntheticPairs` with ``input`` and ``target`` of shape ``(count, 1, height, width)``.
+
+    Raises:
+        InputError: ``count`` is not a whole number of at least 0.
     """
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
-        raise InputError(f"count must be a non-negative integer, got {count!r}")
+    with as_input_error():
+        count = check_integer("count", count, minimum=0)
     config = config if config is not None else SyntheticConfig()
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    shape = (int(count), 1, config.height, config.width)
+    shape = (count, 1, config.height, config.width)
     target = np.zeros(shape, dtype=np.float32)
     noisy = np.zeros(shape, dtype=np.float32)
-    patterns = np.where(rng.random(int(count)) < config.cross_fraction, CROSS, LINE).astype(np.int64)
-    for i in range(int(count)):
+    patterns = np.where(rng.random(count) < config.cross_fraction, CROSS, LINE).astype(np.int64)
+    for i in range(count):
         frame = np.zeros((config.height, config.width), dtype=np.float64)
         _signal_frame(frame, int(patterns[i]), config, rng)
         target[i, 0] = frame
