@@ -361,5 +361,3 @@ class ACBLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"zero_weighting={self.zero_weighting}, nonzero_weighting={self.nonzero_weighting}"
-
-_check_weight = check_weight  # temporary: demo.py imports it until it moves to _checks
