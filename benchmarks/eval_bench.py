@@ -6,7 +6,7 @@ so that starting Python and importing torch is not counted) is at least 1.5 time
 ``numpy_eval_baseline.py``, measured the same way; the eval process's peak anonymous memory
 (RssAnon, polled from /proc) stays at most 800 MB; both give the same per-class counts and sums.
 
-    python benchmarks/eval_bench.py                      # 3 interleaved rounds, writes eval_bench.json
+    python benchmarks/eval_bench.py                      # 3 interleaved rounds, prints the results
     python benchmarks/eval_bench.py --rounds 5 --samples 5000 --json /tmp/eval.json
 
 Needs about 2.8 GB of free space in the temporary folder (``--dir`` picks another).  Every
@@ -269,11 +269,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--samples", type=int, default=30000, help="images of 1x88x128 in the big pair")
     parser.add_argument("--dir", default=None, help="where the temporary files go (default: the temp folder)")
-    parser.add_argument("--json", default=str(HERE / "eval_bench.json"), help="where the results go")
+    parser.add_argument("--json", default=None, help="also write the results as JSON to this file")
     args = parser.parse_args()
     result = run(rounds=args.rounds, samples=args.samples, folder=args.dir)
     render(result)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
