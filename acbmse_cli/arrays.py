@@ -585,20 +585,29 @@ def _compressed_member(
 
 
 def _open_pt(path: str, name: str, key: str | None, key_option: str, role: Role) -> ArraySource:
+    tensor, label = _pick_tensor(_torch_load(path, name), name, key, key_option)
+    _check_tensor(label, tensor, role)
+    if tensor.numel() == 0:
+        raise InputError(f"{label}: empty array (shape {tuple(tensor.shape)})")
+    return _TorchSource(label, tensor.detach(), role)
+
+
+def _torch_load(path: str, name: str) -> object:
+    """The file's object, by PyTorch's weights-only loader (memory-mapped where the format allows)."""
     import torch
 
-    def load(mmap: bool) -> object:
+    def load(*, mmap: bool) -> object:
         with warnings.catch_warnings():  # a refused pickle is reported below, once
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
     try:
         try:
-            obj = load(True)
+            return load(mmap=True)
         except RuntimeError as exc:
             if "mmap" not in str(exc):
                 raise
-            obj = load(False)  # the legacy (non-zip) format cannot be memory-mapped
+            return load(mmap=False)  # the legacy (non-zip) format cannot be memory-mapped
     except pickle.UnpicklingError:
         raise InputError(
             f"{name}: holds Python objects other than tensors; refused without running them "
@@ -607,29 +616,35 @@ def _open_pt(path: str, name: str, key: str | None, key_option: str, role: Role)
     except Exception as exc:  # torch.load reports corruption with many exception types
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise InputError(f"{name}: not a readable .pt file (truncated or corrupt?): {reason}") from None
-    label = name
+
+
+def _pick_tensor(obj: object, name: str, key: str | None, key_option: str) -> tuple[torch.Tensor, str]:
+    """The tensor that ``key`` names in a loaded object (a tensor, or a dict of them), and its label."""
+    import torch
+
     if isinstance(obj, dict):
-        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        if key is None:
-            if len(obj) != 1 or len(tensors) != 1:
-                listed = ", ".join(sorted(map(str, obj))) or "nothing"
-                raise InputError(
-                    f"{name}: holds a dict of {len(obj)} entries ({listed}): pick one with {key_option}"
-                )
-            key = next(iter(tensors))
-        elif key not in tensors:
-            raise InputError(
-                f"{name}: has no tensor {key!r} (it holds: {', '.join(sorted(tensors)) or 'none'})"
-            )
-        obj, label = tensors[key], f"{name}[{key}]"
-    elif key is not None:
+        return _dict_entry(obj, name, key, key_option)
+    if key is not None:
         raise InputError(f"{name}: holds a single tensor, not a dict: {key_option} does not apply")
     if not isinstance(obj, torch.Tensor):
         raise InputError(f"{name}: holds a {type(obj).__name__}, not a tensor")
-    _check_tensor(label, obj, role)
-    if obj.numel() == 0:
-        raise InputError(f"{label}: empty array (shape {tuple(obj.shape)})")
-    return _TorchSource(label, obj.detach(), role)
+    return obj, name
+
+
+def _dict_entry(obj: dict[Any, Any], name: str, key: str | None, key_option: str) -> tuple[torch.Tensor, str]:
+    import torch
+
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if key is None:
+        if len(obj) != 1 or len(tensors) != 1:
+            listed = ", ".join(sorted(map(str, obj))) or "nothing"
+            raise InputError(
+                f"{name}: holds a dict of {len(obj)} entries ({listed}): pick one with {key_option}"
+            )
+        key = next(iter(tensors))
+    elif key not in tensors:
+        raise InputError(f"{name}: has no tensor {key!r} (it holds: {', '.join(sorted(tensors)) or 'none'})")
+    return tensors[key], f"{name}[{key}]"
 
 
 # --------------------------------------------------------------------------- entry point
@@ -655,33 +670,38 @@ def open_array(path: str | os.PathLike[str], *, key: str | None = None, role: Ro
             array, truncated or corrupt, a pickle, an unsupported dtype, empty.
     """
     path = os.fspath(path)
-    name = path
+    lead = _read_lead(path)
+    if lead.startswith(_NPY_MAGIC):
+        if key is not None:
+            raise InputError(f"{path}: is a .npy file holding one array: {key_option} does not apply")
+        return _open_npy(path, path, role)
+    if lead.startswith(_ZIP_MAGIC) and not _is_torch_archive(path, path):
+        return _open_npz(path, path, key, key_option, role)
+    if not (lead.startswith(_ZIP_MAGIC) or lead[:1] == b"\x80"):  # neither a zip nor a pickle
+        raise InputError(f"{path}: not an array file (need .npy, .npz or .pt)")
+    return _open_pt(path, path, key, key_option, role)
+
+
+def _read_lead(path: str) -> bytes:
+    """The first bytes of a regular file that is not empty."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise InputError(f"{name}: no such file") from None
+        raise InputError(f"{path}: no such file") from None
     except OSError as exc:
-        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if stat.S_ISDIR(mode):
-        raise InputError(f"{name}: is a directory, not an array file")
+        raise InputError(f"{path}: is a directory, not an array file")
     if not stat.S_ISREG(mode):  # a FIFO or a device would block the reads below, or never end
-        raise InputError(f"{name}: not a regular file ({_file_kind(mode)}): need an array file")
+        raise InputError(f"{path}: not a regular file ({_file_kind(mode)}): need an array file")
     try:
         with open(path, "rb") as f:
             lead = f.read(8)
     except OSError as exc:
-        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if not lead:
-        raise InputError(f"{name}: empty file, not an array")
-    if lead.startswith(_NPY_MAGIC):
-        if key is not None:
-            raise InputError(f"{name}: is a .npy file holding one array: {key_option} does not apply")
-        return _open_npy(path, name, role)
-    if lead.startswith(_ZIP_MAGIC) and not _is_torch_archive(path, name):
-        return _open_npz(path, name, key, key_option, role)
-    if not (lead.startswith(_ZIP_MAGIC) or lead[:1] == b"\x80"):  # neither a zip nor a pickle
-        raise InputError(f"{name}: not an array file (need .npy, .npz or .pt)")
-    return _open_pt(path, name, key, key_option, role)
+        raise InputError(f"{path}: empty file, not an array")
+    return lead
 
 
 def _file_kind(mode: int) -> str:
