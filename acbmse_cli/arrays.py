@@ -14,16 +14,16 @@ size) without reading its data and returns an :class:`ArraySource` whose
   decompressed as a stream into one reused buffer.
 - ``.pt`` files are loaded with ``torch.load(weights_only=True, mmap=True)``.
 
-Nothing is ever unpickled: ``.npy`` headers are parsed here (a Python literal,
-read with :func:`ast.literal_eval`), object dtypes are refused before any data
-is touched, and ``.pt`` files only go through PyTorch's weights-only loader.
+Nothing is ever unpickled: ``.npy`` headers are read by :mod:`numpy.lib.format`
+(a Python literal, parsed with :func:`ast.literal_eval`), object dtypes are refused
+before any data is touched, and ``.pt`` files only go through PyTorch's weights-only
+loader.
 Every problem with a file raises :class:`~acbmse_cli.errors.InputError` with
 one line that names the file.
 """
 
 from __future__ import annotations
 
-import ast
 import math
 import os
 import pickle
@@ -36,9 +36,11 @@ import weakref
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from acbmse_cli.errors import InputError
 
@@ -383,46 +385,82 @@ def _convert_tensor(chunk: torch.Tensor, role: Role) -> torch.Tensor:
 # --------------------------------------------------------------------------- .npy
 
 
-def _parse_npy_header(stream: IO[bytes], name: str) -> tuple[np.dtype[Any], tuple[int, ...], bool, int]:
-    """Read a .npy header from ``stream``: (dtype, shape, fortran_order, header length in bytes)."""
-    lead = stream.read(8)
-    if len(lead) < 8 or lead[:6] != _NPY_MAGIC:
-        raise InputError(f"{name}: not a .npy array (no NumPy header)")
-    major = lead[6]
-    if major == 1:
-        size_field, encoding = 2, "latin1"
-    elif major in (2, 3):
-        size_field, encoding = 4, "latin1" if major == 2 else "utf8"
-    else:
-        raise InputError(f"{name}: unsupported .npy format version {major}.{lead[7]}")
-    raw = stream.read(size_field)
-    if len(raw) < size_field:
-        raise InputError(f"{name}: truncated: the file ends inside its header")
-    (header_len,) = struct.unpack("<H" if size_field == 2 else "<I", raw)
-    if header_len > _MAX_HEADER:
-        raise InputError(f"{name}: corrupt header (claims {header_len} bytes)")
-    text = stream.read(header_len)
-    if len(text) < header_len:
-        raise InputError(f"{name}: truncated: the file ends inside its header")
+class _HeaderReader:
+    """The first ``limit`` bytes of a stream, read by numpy's header reader.
+
+    It counts the bytes read (the header's length), and notes whether a read came up short
+    at the stream's end (a truncated file) or at ``limit`` (a header too long to be one).
+    """
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self._stream = stream
+        self._left = limit
+        self.consumed = 0
+        self.at_limit = False
+        self.at_end = False
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > self._left:
+            self.at_limit = True
+            size = self._left
+        data = self._stream.read(size)
+        if len(data) < size:
+            self.at_end = True
+        self._left -= len(data)
+        self.consumed += len(data)
+        return data
+
+
+# Format 3.0 is 2.0 with the header in UTF-8 rather than latin-1: for the dtypes read here
+# the header is ASCII, the same in both.
+_HEADER_READERS = {
+    (1, 0): npy_format.read_array_header_1_0,
+    (2, 0): npy_format.read_array_header_2_0,
+    (3, 0): npy_format.read_array_header_2_0,
+}
+
+
+@dataclass(frozen=True)
+class _NpyHeader:
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    fortran_order: bool
+    size: int  # bytes, from the magic string to the data
+
+
+def _read_npy_header(stream: IO[bytes], name: str) -> _NpyHeader:
+    """The header of a .npy file at the start of ``stream``, read by :mod:`numpy.lib.format`.
+
+    numpy parses the header with :func:`ast.literal_eval`: nothing is unpickled.
+    """
+    reader = _HeaderReader(stream, 12 + _MAX_HEADER)
     try:
-        header = ast.literal_eval(text.decode(encoding))
-        descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
-        if not (
-            isinstance(fortran, bool)
-            and isinstance(shape, tuple)
-            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
-        ):
-            raise ValueError("bad fields")
-        dtype = np.lib.format.descr_to_dtype(descr)
+        version = npy_format.read_magic(reader)
+    except ValueError:
+        raise InputError(f"{name}: not a .npy array (no NumPy header)") from None
+    read_header = _HEADER_READERS.get(version)
+    if read_header is None:
+        raise InputError(f"{name}: unsupported .npy format version {version[0]}.{version[1]}")
+    try:
+        with warnings.catch_warnings():  # a header written by Python 2 is read with a warning
+            warnings.simplefilter("ignore")
+            shape, fortran_order, dtype = read_header(reader, max_header_size=_MAX_HEADER)
     except Exception:  # any malformed header, whatever the parser makes of it
+        if reader.at_limit:
+            raise InputError(f"{name}: corrupt header (longer than {_MAX_HEADER} bytes)") from None
+        if reader.at_end:
+            raise InputError(f"{name}: truncated: the file ends inside its header") from None
         raise InputError(f"{name}: corrupt .npy header") from None
-    return dtype, tuple(shape), fortran, 8 + size_field + header_len
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise InputError(f"{name}: corrupt .npy header")
+    return _NpyHeader(dtype, tuple(shape), bool(fortran_order), reader.consumed)
 
 
-def _check_size(name: str, shape: tuple[int, ...], dtype: np.dtype[Any], available: int) -> int:
-    nbytes = math.prod(shape) * dtype.itemsize
-    if math.prod(shape) == 0:
-        raise InputError(f"{name}: empty array (shape {shape})")
+def _check_size(name: str, header: _NpyHeader, available: int) -> int:
+    """The size of the data in bytes, which must be ``available``; an empty array is refused."""
+    nbytes = math.prod(header.shape) * header.dtype.itemsize
+    if math.prod(header.shape) == 0:
+        raise InputError(f"{name}: empty array (shape {header.shape})")
     if available < nbytes:
         raise InputError(
             f"{name}: truncated: the header promises {nbytes} bytes of data, the file holds {available}"
@@ -434,21 +472,20 @@ def _check_size(name: str, shape: tuple[int, ...], dtype: np.dtype[Any], availab
 
 def _open_npy(path: str, name: str, role: Role) -> ArraySource:
     with open(path, "rb") as f:
-        dtype, shape, fortran, offset = _parse_npy_header(f, name)
-        _check_numpy_dtype(name, dtype, role)
+        header = _read_npy_header(f, name)
+        _check_numpy_dtype(name, header.dtype, role)
         file_size = os.fstat(f.fileno()).st_size
-    _check_size(name, shape, dtype, file_size - offset)
-    array = _memmap(path, name, dtype, shape, fortran, offset)
-    return _NumpySource(name, array, role, path=path, data_offset=offset)
+    _check_size(name, header, file_size - header.size)
+    array = _memmap(path, name, header, header.size)
+    return _NumpySource(name, array, role, path=path, data_offset=header.size)
 
 
-def _memmap(
-    path: str, name: str, dtype: np.dtype[Any], shape: tuple[int, ...], fortran: bool, offset: int
-) -> np.ndarray:
+def _memmap(path: str, name: str, header: _NpyHeader, offset: int) -> np.ndarray:
+    """The data described by ``header``, at ``offset`` in the file."""
     try:
         # Copy-on-write: writable for torch.from_numpy, and the file is never written.
-        return np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape or (1,),
-                         order="F" if fortran else "C").reshape(shape)  # fmt: skip
+        return np.memmap(path, dtype=header.dtype, mode="c", offset=offset, shape=header.shape or (1,),
+                         order="F" if header.fortran_order else "C").reshape(header.shape)  # fmt: skip
     except (OSError, ValueError) as exc:
         raise InputError(f"{name}: cannot map the data: {exc}") from None
 
@@ -509,33 +546,35 @@ def _stored_member(
     start = _local_data_offset(path, info)
     with open(path, "rb") as f:
         f.seek(start)
-        dtype, shape, fortran, header = _parse_npy_header(f, label)
+        header = _read_npy_header(f, label)
         file_size = os.fstat(f.fileno()).st_size
-    _check_numpy_dtype(label, dtype, role)
+    _check_numpy_dtype(label, header.dtype, role)
     if start + info.file_size > file_size:
         raise InputError(f"{label}: truncated: the archive ends inside this member")
-    _check_size(label, shape, dtype, info.file_size - header)
+    _check_size(label, header, info.file_size - header.size)
     archive.close()
-    array = _memmap(path, label, dtype, shape, fortran, start + header)
-    return _NumpySource(label, array, role, path=path, data_offset=start + header)
+    offset = start + header.size
+    return _NumpySource(label, _memmap(path, label, header, offset), role, path=path, data_offset=offset)
 
 
 def _compressed_member(
     label: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, role: Role
 ) -> ArraySource:
     with archive.open(info) as stream:
-        dtype, shape, fortran, header = _parse_npy_header(stream, label)
-    _check_numpy_dtype(label, dtype, role)
-    _check_size(label, shape, dtype, info.file_size - header)
-    if not fortran:
-        return _StreamSource(label, lambda: archive.open(info), header, shape, dtype, role, archive.close)
+        header = _read_npy_header(stream, label)
+    _check_numpy_dtype(label, header.dtype, role)
+    _check_size(label, header, info.file_size - header.size)
+    if not header.fortran_order:
+        return _StreamSource(
+            label, lambda: archive.open(info), header.size, header.shape, header.dtype, role, archive.close
+        )
     # Fortran order cannot be streamed in C order: decompress to a temporary file and map that.
     fd, tmp = tempfile.mkstemp(prefix="acbmse-", suffix=".npy")
     try:
         with os.fdopen(fd, "wb") as out, archive.open(info) as stream:
-            stream.read(header)
+            stream.read(header.size)
             shutil.copyfileobj(stream, out, _STREAM_BLOCK)
-        array = _memmap(tmp, label, dtype, shape, True, 0)
+        array = _memmap(tmp, label, header, 0)
     finally:
         os.unlink(tmp)  # the map keeps the data until it is closed
         archive.close()
@@ -546,20 +585,29 @@ def _compressed_member(
 
 
 def _open_pt(path: str, name: str, key: str | None, key_option: str, role: Role) -> ArraySource:
+    tensor, label = _pick_tensor(_torch_load(path, name), name, key, key_option)
+    _check_tensor(label, tensor, role)
+    if tensor.numel() == 0:
+        raise InputError(f"{label}: empty array (shape {tuple(tensor.shape)})")
+    return _TorchSource(label, tensor.detach(), role)
+
+
+def _torch_load(path: str, name: str) -> object:
+    """The file's object, by PyTorch's weights-only loader (memory-mapped where the format allows)."""
     import torch
 
-    def load(mmap: bool) -> object:
+    def load(*, mmap: bool) -> object:
         with warnings.catch_warnings():  # a refused pickle is reported below, once
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
     try:
         try:
-            obj = load(True)
+            return load(mmap=True)
         except RuntimeError as exc:
             if "mmap" not in str(exc):
                 raise
-            obj = load(False)  # the legacy (non-zip) format cannot be memory-mapped
+            return load(mmap=False)  # the legacy (non-zip) format cannot be memory-mapped
     except pickle.UnpicklingError:
         raise InputError(
             f"{name}: holds Python objects other than tensors; refused without running them "
@@ -568,29 +616,35 @@ def _open_pt(path: str, name: str, key: str | None, key_option: str, role: Role)
     except Exception as exc:  # torch.load reports corruption with many exception types
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise InputError(f"{name}: not a readable .pt file (truncated or corrupt?): {reason}") from None
-    label = name
+
+
+def _pick_tensor(obj: object, name: str, key: str | None, key_option: str) -> tuple[torch.Tensor, str]:
+    """The tensor that ``key`` names in a loaded object (a tensor, or a dict of them), and its label."""
+    import torch
+
     if isinstance(obj, dict):
-        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        if key is None:
-            if len(obj) != 1 or len(tensors) != 1:
-                listed = ", ".join(sorted(map(str, obj))) or "nothing"
-                raise InputError(
-                    f"{name}: holds a dict of {len(obj)} entries ({listed}): pick one with {key_option}"
-                )
-            key = next(iter(tensors))
-        elif key not in tensors:
-            raise InputError(
-                f"{name}: has no tensor {key!r} (it holds: {', '.join(sorted(tensors)) or 'none'})"
-            )
-        obj, label = tensors[key], f"{name}[{key}]"
-    elif key is not None:
+        return _dict_entry(obj, name, key, key_option)
+    if key is not None:
         raise InputError(f"{name}: holds a single tensor, not a dict: {key_option} does not apply")
     if not isinstance(obj, torch.Tensor):
         raise InputError(f"{name}: holds a {type(obj).__name__}, not a tensor")
-    _check_tensor(label, obj, role)
-    if obj.numel() == 0:
-        raise InputError(f"{label}: empty array (shape {tuple(obj.shape)})")
-    return _TorchSource(label, obj.detach(), role)
+    return obj, name
+
+
+def _dict_entry(obj: dict[Any, Any], name: str, key: str | None, key_option: str) -> tuple[torch.Tensor, str]:
+    import torch
+
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if key is None:
+        if len(obj) != 1 or len(tensors) != 1:
+            listed = ", ".join(sorted(map(str, obj))) or "nothing"
+            raise InputError(
+                f"{name}: holds a dict of {len(obj)} entries ({listed}): pick one with {key_option}"
+            )
+        key = next(iter(tensors))
+    elif key not in tensors:
+        raise InputError(f"{name}: has no tensor {key!r} (it holds: {', '.join(sorted(tensors)) or 'none'})")
+    return tensors[key], f"{name}[{key}]"
 
 
 # --------------------------------------------------------------------------- entry point
@@ -616,33 +670,38 @@ def open_array(path: str | os.PathLike[str], *, key: str | None = None, role: Ro
             array, truncated or corrupt, a pickle, an unsupported dtype, empty.
     """
     path = os.fspath(path)
-    name = path
+    lead = _read_lead(path)
+    if lead.startswith(_NPY_MAGIC):
+        if key is not None:
+            raise InputError(f"{path}: is a .npy file holding one array: {key_option} does not apply")
+        return _open_npy(path, path, role)
+    if lead.startswith(_ZIP_MAGIC) and not _is_torch_archive(path, path):
+        return _open_npz(path, path, key, key_option, role)
+    if not (lead.startswith(_ZIP_MAGIC) or lead[:1] == b"\x80"):  # neither a zip nor a pickle
+        raise InputError(f"{path}: not an array file (need .npy, .npz or .pt)")
+    return _open_pt(path, path, key, key_option, role)
+
+
+def _read_lead(path: str) -> bytes:
+    """The first bytes of a regular file that is not empty."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise InputError(f"{name}: no such file") from None
+        raise InputError(f"{path}: no such file") from None
     except OSError as exc:
-        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if stat.S_ISDIR(mode):
-        raise InputError(f"{name}: is a directory, not an array file")
+        raise InputError(f"{path}: is a directory, not an array file")
     if not stat.S_ISREG(mode):  # a FIFO or a device would block the reads below, or never end
-        raise InputError(f"{name}: not a regular file ({_file_kind(mode)}): need an array file")
+        raise InputError(f"{path}: not a regular file ({_file_kind(mode)}): need an array file")
     try:
         with open(path, "rb") as f:
             lead = f.read(8)
     except OSError as exc:
-        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if not lead:
-        raise InputError(f"{name}: empty file, not an array")
-    if lead.startswith(_NPY_MAGIC):
-        if key is not None:
-            raise InputError(f"{name}: is a .npy file holding one array: {key_option} does not apply")
-        return _open_npy(path, name, role)
-    if lead.startswith(_ZIP_MAGIC) and not _is_torch_archive(path, name):
-        return _open_npz(path, name, key, key_option, role)
-    if not (lead.startswith(_ZIP_MAGIC) or lead[:1] == b"\x80"):  # neither a zip nor a pickle
-        raise InputError(f"{name}: not an array file (need .npy, .npz or .pt)")
-    return _open_pt(path, name, key, key_option, role)
+        raise InputError(f"{path}: empty file, not an array")
+    return lead
 
 
 def _file_kind(mode: int) -> str:

@@ -7,13 +7,20 @@ at module level, so ``acbmse --help`` answers at once.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import sys
-from typing import Literal, Optional
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal, Optional
 
 import typer
 
 from acbmse_cli._version import __version__
 from acbmse_cli.errors import InputError
+
+if TYPE_CHECKING:
+    from acbmse_cli.evaluate import EvalOptions, EvalResult
 
 app = typer.Typer(
     name="acbmse",
@@ -115,79 +122,103 @@ def eval_command(
     Exit codes: 0 ok; 1 the ACB-MSE is above --fail-above; 2 bad usage or bad input (a missing,
     corrupt or mismatched file, NaN/Inf without --nan-policy omit, a bad option).
     """
-    import contextlib
-    import math
+    from acbmse_cli.evaluate import (
+        EvalOptions,
+        finish_distributed,
+        init_distributed,
+        parse_names,
+        parse_numbers,
+    )
 
+    _check_report_options(output_format, fail_above)
+    rank, _ = init_distributed()
+    try:
+        with _errors_said_by_rank_zero(rank):
+            weights = None if class_weights is None else parse_numbers(class_weights, "--class-weights")
+            names = None if class_names is None else parse_names(class_names, "--class-names")
+            options = EvalOptions(
+                pred_key=pred_key,
+                target_key=target_key,
+                labels=labels,
+                hit_threshold=hit_threshold,
+                hit_weight=hit_weight,
+                nonhit_weight=nonhit_weight,
+                class_weights=weights,
+                class_names=names,
+                per_sample=per_sample,
+                top=top,
+                detect_threshold=detect_threshold,
+                nan_policy=nan_policy,
+                device=device,
+                chunk_elements=chunk_elements,
+            )
+            result = _evaluate_with_progress(pred, target, options, show=rank == 0 and not quiet)
+    finally:
+        finish_distributed()
+    if rank == 0:
+        _print_report(result, output_format)
+    _apply_gate(result.acb_mse, fail_above, speak=rank == 0)
+
+
+def _check_report_options(output_format: str, fail_above: float | None) -> None:
     if output_format not in ("table", "json", "csv"):
         raise InputError(f"--format must be table, json or csv, got {output_format!r}")
     if fail_above is not None and math.isnan(fail_above):
         raise InputError("--fail-above must be a number, got nan")
-    if device.strip().lower() == "mps":
-        raise InputError("--device mps cannot sum in float64, which eval needs: use cpu or cuda")
 
-    from acbmse_cli import evaluate
-    from acbmse_cli.report import DelayedProgress, render_csv, render_json, render_table, stdout_console
 
-    weights = None if class_weights is None else evaluate.parse_numbers(class_weights, "--class-weights")
-    names = None if class_names is None else evaluate.parse_names(class_names, "--class-names")
-    rank, _ = evaluate.init_distributed()
+@contextlib.contextmanager
+def _errors_said_by_rank_zero(rank: int) -> Iterator[None]:
+    """Bad input ends every rank; rank 0 alone says why (the others exit with its code, silently)."""
     try:
-        bar = DelayedProgress() if rank == 0 and not quiet and sys.stderr.isatty() else None
-        try:
-            with bar if bar is not None else contextlib.nullcontext():
-                result = evaluate.evaluate_files(
-                    pred,
-                    target,
-                    pred_key=pred_key,
-                    target_key=target_key,
-                    labels=labels,
-                    hit_threshold=hit_threshold,
-                    hit_weight=hit_weight,
-                    nonhit_weight=nonhit_weight,
-                    class_weights=weights,
-                    class_names=names,
-                    per_sample=per_sample,
-                    top=top,
-                    detect_threshold=detect_threshold,
-                    nan_policy=nan_policy,
-                    device=device,
-                    chunk_elements=chunk_elements,
-                    progress=bar,
-                )
-        except InputError:
-            if rank != 0:
-                raise typer.Exit(2) from None  # rank 0 says it
-            raise
-    finally:
-        evaluate.finish_distributed()
+        yield
+    except InputError:
+        if rank != 0:
+            raise typer.Exit(InputError.exit_code) from None
+        raise
 
-    if rank == 0:
-        if result.omitted:
-            sys.stderr.write(
-                f"acbmse: left out {result.omitted} elements with NaN or Inf (--nan-policy omit)\n"
-            )
-        try:
-            if output_format == "json":
-                sys.stdout.write(render_json(result))
-            elif output_format == "csv":
-                sys.stdout.write(render_csv(result))
-            else:
-                render_table(result, stdout_console())
-            sys.stdout.flush()
-        except BrokenPipeError:
-            # The reader stopped reading (`| head`): not an error, and the gate below still decides
-            # the exit code. Point stdout at devnull so the final flush at exit cannot fail again.
-            import os
 
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-    # The gate passes only on a score at or below the bar: a NaN score fails it.
-    if fail_above is not None and not result.acb_mse <= fail_above:
-        if rank == 0:
-            verdict = "is not a number, which fails" if math.isnan(result.acb_mse) else "is above"
-            sys.stderr.write(f"acbmse: ACB-MSE {result.acb_mse:.6g} {verdict} --fail-above {fail_above:g}\n")
-        raise typer.Exit(1)
+def _evaluate_with_progress(pred: str, target: str, options: EvalOptions, *, show: bool) -> EvalResult:
+    """The evaluation, with a progress bar on stderr where ``show`` and stderr is a terminal."""
+    from acbmse_cli.evaluate import evaluate
+    from acbmse_cli.report import DelayedProgress
+
+    if not (show and sys.stderr.isatty()):
+        return evaluate(pred, target, options)
+    with DelayedProgress() as bar:
+        return evaluate(pred, target, options, progress=bar)
+
+
+def _print_report(result: EvalResult, output_format: str) -> None:
+    """The report on stdout (a note on stderr for omitted elements); a reader that stops reading
+    (``| head``) is not an error."""
+    from acbmse_cli.report import render_csv, render_json, render_table, stdout_console
+
+    if result.omitted:
+        sys.stderr.write(f"acbmse: left out {result.omitted} elements with NaN or Inf (--nan-policy omit)\n")
+    try:
+        if output_format == "json":
+            sys.stdout.write(render_json(result))
+        elif output_format == "csv":
+            sys.stdout.write(render_csv(result))
+        else:
+            render_table(result, stdout_console())
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at devnull so that the final flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _apply_gate(score: float, fail_above: float | None, *, speak: bool) -> None:
+    """Exit with code 1 unless the score is at or below ``fail_above``: a NaN score fails."""
+    if fail_above is None or score <= fail_above:
+        return
+    if speak:
+        verdict = "is not a number, which fails" if math.isnan(score) else "is above"
+        sys.stderr.write(f"acbmse: ACB-MSE {score:.6g} {verdict} --fail-above {fail_above:g}\n")
+    raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- curves

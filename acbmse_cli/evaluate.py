@@ -1,19 +1,20 @@
 """Per-class error statistics of stored predictions: the library behind ``acbmse eval``.
 
-:func:`evaluate_files` streams a prediction file and a target file (and
-optionally a labels file) chunk by chunk and adds up, per class, the
-statistics of :func:`acbmse_cli.loss.class_stats`: counts and float64 sums that
-merge by addition, whatever the chunk size or the number of processes.  The
-report (MSE, MAE, ACB-MSE and the rest) is computed from those sums at the end,
-with :func:`acbmse_cli.loss.balanced_loss`: there is no second copy of the
-formula here.
+:func:`evaluate` streams a prediction file and a target file (and optionally a labels
+file) chunk by chunk and adds up, per class, the statistics of
+:func:`acbmse_cli.loss.class_stats`: counts and float64 sums that merge by addition,
+whatever the chunk size or the number of processes.  The report (MSE, MAE, ACB-MSE and
+the rest) is computed from those sums at the end, with
+:func:`acbmse_cli.loss.balanced_loss`: there is no second copy of the formula here.
+Every option that shapes the computation is one field of :class:`EvalOptions`, checked
+when it is built.
 
-Under ``torchrun`` (an initialised ``torch.distributed`` process group of
-several processes) the ranks split the samples between them and the sums are
-all-reduced, so every rank returns the result of the whole files.
+Under ``torchrun`` (an initialised ``torch.distributed`` process group of several
+processes) the ranks split the samples between them and the sums are all-reduced, so
+every rank returns the result of the whole files.
 
-Nothing here prints: progress goes to an optional callback and the result is
-a plain data object that :mod:`acbmse_cli.report` renders.
+Nothing here prints: progress goes to an optional callback and the result is a plain
+data object that :mod:`acbmse_cli.report` renders.
 """
 
 from __future__ import annotations
@@ -22,24 +23,29 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, cast
 
+import numpy as np
+import torch
+
+from acbmse_cli import _distributed
+from acbmse_cli._checks import as_input_error, check_real, check_weight
 from acbmse_cli.arrays import ArraySource, chunk_ranges, open_array
 from acbmse_cli.errors import InputError
-
-if TYPE_CHECKING:
-    import torch
-
-    from acbmse_cli.loss import ClassStats
+from acbmse_cli.loss import balanced_loss, class_stats, detection_counts
+from acbmse_cli.stats import ClassStats
 
 __all__ = [
     "DEFAULT_CHUNK_ELEMENTS",
     "NAN_POLICIES",
     "ClassResult",
+    "ClassSpec",
     "DetectionResult",
+    "EvalOptions",
     "EvalResult",
     "SampleResult",
+    "evaluate",
     "evaluate_files",
     "finish_distributed",
     "init_distributed",
@@ -57,13 +63,19 @@ DEFAULT_CLASS_NAMES = ("non-hit", "hit")
 Progress = Callable[[int, int], None]
 """Called after each chunk with (elements done, elements in all) of this process."""
 
+init_distributed = _distributed.init_from_env
+finish_distributed = _distributed.finish
+
 
 # --------------------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
 class ClassResult:
-    """One class's line of the report; the statistics are ``None`` for an empty class."""
+    """One class's line of the report; the statistics are ``None`` for an empty class.
+
+    The fields, in this order, are the keys of the class's entry in the JSON document.
+    """
 
     name: str
     count: int
@@ -89,7 +101,10 @@ class SampleResult:
 
 @dataclass(frozen=True)
 class DetectionResult:
-    """The detector "prediction > threshold" against the true hits; a ratio with no cases is ``None``."""
+    """The detector "prediction > threshold" against the true hits; a ratio with no cases is ``None``.
+
+    The fields, in this order, are the keys of ``detection`` in the JSON document.
+    """
 
     threshold: float
     true_positives: int
@@ -119,28 +134,13 @@ class EvalResult:
     worst_samples: tuple[SampleResult, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document: the issue's schema, plus ``omitted``, ``detection``
-        and ``worst_samples`` when those options were asked for."""
+        """The JSON document: ``pred``, ``target``, ``elements``, ``classes``, ``mse``, ``mae`` and
+        ``acb_mse``; then ``omitted``, ``detection`` and ``worst_samples`` when those options were given."""
         doc: dict[str, Any] = {
             "pred": self.pred,
             "target": self.target,
             "elements": self.elements,
-            "classes": [
-                {
-                    "name": c.name,
-                    "count": c.count,
-                    "fraction": c.fraction,
-                    "mse": c.mse,
-                    "rmse": c.rmse,
-                    "mae": c.mae,
-                    "max_abs_error": c.max_abs_error,
-                    "mean_target": c.mean_target,
-                    "mean_pred": c.mean_pred,
-                    "weight": c.weight,
-                    "contribution": c.contribution,
-                }
-                for c in self.classes
-            ],
+            "classes": [asdict(c) for c in self.classes],
             "mse": self.mse,
             "mae": self.mae,
             "acb_mse": self.acb_mse,
@@ -148,16 +148,7 @@ class EvalResult:
         if self.omitted is not None:
             doc["omitted"] = self.omitted
         if self.detection is not None:
-            d = self.detection
-            doc["detection"] = {
-                "threshold": d.threshold,
-                "true_positives": d.true_positives,
-                "false_positives": d.false_positives,
-                "false_negatives": d.false_negatives,
-                "recall": d.recall,
-                "precision": d.precision,
-                "f1": d.f1,
-            }
+            doc["detection"] = asdict(self.detection)
         if self.worst_samples is not None:
             doc["worst_samples"] = [
                 {
@@ -188,71 +179,371 @@ def parse_names(text: str, option: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(","))
 
 
-def _check_real(option: str, value: float, *, negative: bool = False) -> float:
-    if not math.isfinite(value) or (value < 0 and not negative):
-        rule = "a finite number" if negative else "finite and non-negative"
-        raise InputError(f"{option} must be {rule}, got {value!r}")
-    return float(value)
-
-
 @dataclass(frozen=True)
-class _Classes:
+class ClassSpec:
+    """The classes of an evaluation: names and weights in label order, and the hit threshold.
+
+    Without labels there are two classes, non-hit (``|target| <= hit_threshold``) and hit;
+    with labels (``labelled``) class ``c`` is the elements labelled ``c``.
+    """
+
     names: tuple[str, ...]
-    weights: tuple[float, ...]  # in label order
+    weights: tuple[float, ...]
     hit_threshold: float
     labelled: bool
 
+    @property
+    def num_classes(self) -> int:
+        return len(self.weights)
 
-def _resolve_classes(
-    hit_threshold: float | None,
-    hit_weight: float | None,
-    nonhit_weight: float | None,
-    labelled: bool,
-    class_weights: Sequence[float] | None,
-    class_names: Sequence[str] | None,
-    detect_threshold: float | None,
-) -> _Classes:
-    if labelled:
-        if class_weights is None:
-            raise InputError("--labels needs --class-weights: one weight per class, e.g. 0.2,1,3")
-        for option, value in (
-            ("--hit-threshold", hit_threshold),
-            ("--hit-weight", hit_weight),
-            ("--nonhit-weight", nonhit_weight),
-            ("--detect-threshold", detect_threshold),
-        ):
-            if value is not None:
-                raise InputError(
-                    f"{option} has no meaning with --labels: the classes come from the labels file"
-                )
-        if not class_weights:
-            raise InputError("--class-weights must name at least one weight")
-        weights = tuple(_check_real("--class-weights", w) for w in class_weights)
-        default_names = tuple(f"class {c}" for c in range(len(weights)))
-        threshold = 0.0
-    else:
-        if class_weights is not None:
-            raise InputError(
-                "--class-weights needs --labels; for hits and non-hits use --hit-weight/--nonhit-weight"
-            )
-        threshold = _check_real("--hit-threshold", 0.0 if hit_threshold is None else hit_threshold)
-        weights = (
-            _check_real("--nonhit-weight", 1.0 if nonhit_weight is None else nonhit_weight),
-            _check_real("--hit-weight", 1.0 if hit_weight is None else hit_weight),
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Every option of ``acbmse eval`` that shapes the computation, checked once, when built.
+
+    ``None`` means the default, and an option that does not apply is an error: the default
+    classes are non-hit (``|target| <= hit_threshold``, default 0) and hit, weighted
+    ``nonhit_weight`` and ``hit_weight`` (default 1); with ``labels``, a file of integer
+    classes, each class ``c`` has the weight ``class_weights[c]``.
+
+    Attributes:
+        pred_key, target_key: the array of an ``.npz`` (or the entry of a dict in a ``.pt``).
+        labels: a file of integer labels in ``[0, K)``, the target's shape.
+        class_names: one name per class, in label order.
+        per_sample: also find the ``top`` (default 10) samples (dim 0) with the worst ACB-MSE.
+        detect_threshold: also count "prediction > threshold" against the true hits.
+        nan_policy: ``"raise"``: NaN or Inf in either file is an error that says how many
+            and where the first is; ``"omit"``: leave those elements out.
+        device: where the arithmetic runs (``"auto"``, ``"cpu"``, ``"cuda:1"``...).
+        chunk_elements: elements per chunk (default :data:`DEFAULT_CHUNK_ELEMENTS`).
+        classes: the checked classes (set when built).
+        torch_device: the device that ``device`` names (set when built).
+
+    Raises:
+        InputError: a bad option, or options that do not go together.
+    """
+
+    pred_key: str | None = None
+    target_key: str | None = None
+    labels: str | os.PathLike[str] | None = None
+    hit_threshold: float | None = None
+    hit_weight: float | None = None
+    nonhit_weight: float | None = None
+    class_weights: Sequence[float] | None = None
+    class_names: Sequence[str] | None = None
+    per_sample: bool = False
+    top: int | None = None
+    detect_threshold: float | None = None
+    nan_policy: str = "raise"
+    device: str | torch.device = "cpu"
+    chunk_elements: int | None = None
+    classes: ClassSpec = field(init=False, repr=False, compare=False)
+    torch_device: torch.device = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("class_weights", "class_names"):  # tuples: the options hash and compare by value
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        with as_input_error():
+            classes = _labelled_classes(self) if self.labels is not None else _hit_classes(self)
+            _check_outputs(self)
+            device = _eval_device(self.device)
+        object.__setattr__(self, "classes", classes)
+        object.__setattr__(self, "torch_device", device)
+
+    @property
+    def top_samples(self) -> int:
+        """How many worst samples ``per_sample`` lists."""
+        return DEFAULT_TOP if self.top is None else self.top
+
+    @property
+    def chunk(self) -> int:
+        """Elements per chunk."""
+        return DEFAULT_CHUNK_ELEMENTS if self.chunk_elements is None else self.chunk_elements
+
+    @property
+    def omit(self) -> bool:
+        """Whether NaN and Inf elements are left out (rather than an error)."""
+        return self.nan_policy == "omit"
+
+
+def _labelled_classes(options: EvalOptions) -> ClassSpec:
+    if options.class_weights is None:
+        raise ValueError("--labels needs --class-weights: one weight per class, e.g. 0.2,1,3")
+    for option, value in (
+        ("--hit-threshold", options.hit_threshold),
+        ("--hit-weight", options.hit_weight),
+        ("--nonhit-weight", options.nonhit_weight),
+        ("--detect-threshold", options.detect_threshold),
+    ):
+        if value is not None:
+            raise ValueError(f"{option} has no meaning with --labels: the classes come from the labels file")
+    if not options.class_weights:
+        raise ValueError("--class-weights must name at least one weight")
+    weights = tuple(check_weight("--class-weights", w) for w in options.class_weights)
+    names = _class_names(options.class_names, tuple(f"class {c}" for c in range(len(weights))))
+    return ClassSpec(names, weights, hit_threshold=0.0, labelled=True)
+
+
+def _hit_classes(options: EvalOptions) -> ClassSpec:
+    if options.class_weights is not None:
+        raise ValueError(
+            "--class-weights needs --labels; for hits and non-hits use --hit-weight/--nonhit-weight"
         )
-        default_names = DEFAULT_CLASS_NAMES
-    if class_names is None:
-        names = default_names
-    else:
-        names = tuple(class_names)
-        if len(names) != len(weights):
-            raise InputError(f"--class-names must give {len(weights)} names, one per class, got {len(names)}")
-        if any(not n for n in names) or len(set(names)) != len(names):
-            raise InputError(f"--class-names must be distinct and non-empty, got {','.join(names)!r}")
-    return _Classes(names, weights, threshold, labelled)
+    threshold = _check_threshold("--hit-threshold", _or(options.hit_threshold, 0.0), signed=False)
+    weights = (
+        check_weight("--nonhit-weight", _or(options.nonhit_weight, 1.0)),
+        check_weight("--hit-weight", _or(options.hit_weight, 1.0)),
+    )
+    names = _class_names(options.class_names, DEFAULT_CLASS_NAMES)
+    return ClassSpec(names, weights, hit_threshold=threshold, labelled=False)
 
 
-# --------------------------------------------------------------------------- accumulation
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _class_names(given: Sequence[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    if given is None:
+        return default
+    names = tuple(given)
+    if len(names) != len(default):
+        raise ValueError(f"--class-names must give {len(default)} names, one per class, got {len(names)}")
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"--class-names must be distinct and non-empty, got {','.join(names)!r}")
+    return names
+
+
+def _check_outputs(options: EvalOptions) -> None:
+    """The options of what is reported besides the classes, and how the files are read."""
+    if options.top is not None:
+        if not options.per_sample:
+            raise ValueError("--top needs --per-sample")
+        _check_count("--top", options.top)
+    if options.detect_threshold is not None:
+        _check_threshold("--detect-threshold", options.detect_threshold, signed=True)
+    if options.nan_policy not in NAN_POLICIES:
+        raise ValueError(f"--nan-policy must be one of {', '.join(NAN_POLICIES)}, got {options.nan_policy!r}")
+    if options.chunk_elements is not None:
+        _check_count("--chunk-elements", options.chunk_elements)
+
+
+def _check_threshold(option: str, value: object, *, signed: bool) -> float:
+    """A finite threshold; non-negative unless ``signed``."""
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        rule = "a finite number" if signed else "finite and non-negative"
+        raise ValueError(f"{option} must be {rule}, got {value!r}")
+    return check_real(option, value, minimum=None if signed else 0.0)
+
+
+def _check_count(option: str, value: object) -> int:
+    """A whole number of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{option} must be at least 1, got {value!r}")
+    return int(value)
+
+
+def _eval_device(device: str | torch.device) -> torch.device:
+    from acbmse_cli.devices import resolve_device
+
+    mps = device.strip().lower() == "mps" if isinstance(device, str) else device.type == "mps"
+    if mps:
+        raise ValueError("--device mps cannot sum in float64, which eval needs: use cpu or cuda")
+    return resolve_device(device) if isinstance(device, str) else device
+
+
+def _rank_device(device: torch.device, rank: int, world: int) -> torch.device:
+    """The device of this rank: a CUDA device without an index means one GPU per local rank."""
+    if str(device) == "cuda" and world > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    return device
+
+
+# --------------------------------------------------------------------------- statistics of a chunk
+
+
+def _chunk_class_stats(
+    x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, classes: ClassSpec, *, per_sample: bool
+) -> ClassStats:
+    """:func:`acbmse_cli.loss.class_stats`, extended and in float64, as a :class:`ClassStats`."""
+    stats: Any = class_stats(
+        x,
+        y,
+        hit_threshold=classes.hit_threshold,
+        labels=lab,
+        num_classes=classes.num_classes if lab is not None else None,
+        per_sample=per_sample,
+        dtype=torch.float64,
+        extended=True,
+    )
+    if isinstance(stats, ClassStats):
+        return stats
+    return ClassStats(**{name: getattr(stats, name) for name in _STATS_FIELDS})
+
+
+_STATS_FIELDS = tuple(f.name for f in fields(ClassStats))
+
+
+def _balanced_loss(stats: ClassStats, weights: Sequence[float]) -> torch.Tensor:
+    """:func:`acbmse_cli.loss.balanced_loss` of every group of ``stats``."""
+    return balanced_loss(cast(Any, stats), weights)
+
+
+def _extended(stats: ClassStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The extended fields: ``sae``, ``max_abs_error``, ``sum_target``, ``sum_input``."""
+    sae, max_abs, sum_target, sum_input = stats.sae, stats.max_abs_error, stats.sum_target, stats.sum_input
+    assert sae is not None and max_abs is not None and sum_target is not None and sum_input is not None
+    return sae, max_abs, sum_target, sum_input
+
+
+@dataclass(frozen=True)
+class _NonFinite:
+    """NaN and Inf values in some elements: how many in pred and target, the first flat index of
+    each (the array's size where there is none), and how many elements have one or the other."""
+
+    counts: tuple[int, int]
+    first: tuple[int, int]
+    omitted: int
+
+
+@dataclass
+class _ChunkResult:
+    """What one chunk adds to the sums."""
+
+    start: int
+    stop: int
+    rows: bool  # whole samples (stats per sample) or not (stats pooled)
+    stats: ClassStats
+    nonfinite: _NonFinite | None = None
+    detection: torch.Tensor | None = None
+
+
+class _ChunkComputer:
+    """Turns the values of one chunk into its :class:`_ChunkResult`: the statistics of its classes
+    (per sample where the chunk holds whole samples), its NaN and Inf values, its detection counts."""
+
+    def __init__(self, options: EvalOptions, inputs: _Inputs) -> None:
+        self.classes = options.classes
+        self.per_sample = options.per_sample
+        self.omit = options.omit
+        self.detect_threshold = options.detect_threshold
+        self.inputs = inputs
+        self.row_size = inputs.row_size
+        # Integers and bools are finite: only floating-point files need the check.
+        self.check_finite = any(s.dtype.startswith(("float", "bfloat")) for s in (inputs.pred, inputs.target))
+
+    def compute(
+        self, start: int, stop: int, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None
+    ) -> _ChunkResult:
+        """The statistics of elements ``[start, stop)`` (whose values are ``x``, ``y``, ``lab``)."""
+        if lab is not None and lab.device.type != "cpu":  # class_stats range-checks labels on the CPU only
+            self._check_label_range(lab, start)
+        rows = self.per_sample and start % self.row_size == 0 and (stop - start) % self.row_size == 0
+        if rows:  # whole samples: one group each
+            n_rows = (stop - start) // self.row_size
+            x, y = x.reshape(n_rows, -1), y.reshape(n_rows, -1)
+            lab = lab.reshape(n_rows, -1) if lab is not None else None
+        result = _ChunkResult(start, stop, rows, self._class_stats(x, y, lab, start, per_sample=rows))
+        # A NaN or Inf in either file makes its class's sum of targets or of predictions
+        # non-finite: the sums show whether the chunk needs a closer look, at no cost.
+        if self.check_finite and not _sums_are_finite(result.stats):
+            found = self._find_nonfinite(x, y, start)
+            if found is not None:  # else finite values whose sums overflowed: nothing to leave out
+                keep, result.nonfinite = found
+                if not self.omit:
+                    return result  # the run ends in an error; only the counts matter now
+                result.stats = self._omit(x, y, lab, keep, result.stats, start, rows=rows)
+                x, y = x[keep], y[keep]
+        if self.detect_threshold is not None:
+            result.detection = detection_counts(
+                x.reshape(-1),
+                y.reshape(-1),
+                hit_threshold=self.classes.hit_threshold,
+                detect_threshold=self.detect_threshold,
+            )
+        return result
+
+    def _class_stats(
+        self, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, start: int, *, per_sample: bool
+    ) -> ClassStats:
+        try:
+            return _chunk_class_stats(x, y, lab, self.classes, per_sample=per_sample)
+        except ValueError as exc:
+            if lab is None:
+                raise
+            raise self._label_error(lab, start) from exc
+
+    def _find_nonfinite(
+        self, x: torch.Tensor, y: torch.Tensor, start: int
+    ) -> tuple[torch.Tensor, _NonFinite] | None:
+        """Where both values are finite (``keep``), and the NaN and Inf values; None if there are none."""
+        finite_x, finite_y = torch.isfinite(x), torch.isfinite(y)
+        keep = finite_x & finite_y
+        if bool(keep.all()):
+            return None
+        bad_x, bad_y = ~finite_x.reshape(-1), ~finite_y.reshape(-1)
+        counts = (int(bad_x.sum()), int(bad_y.sum()))
+        first = (
+            start + int(torch.argmax(bad_x.to(torch.uint8))) if counts[0] else self.inputs.pred.size,
+            start + int(torch.argmax(bad_y.to(torch.uint8))) if counts[1] else self.inputs.target.size,
+        )
+        return keep, _NonFinite(counts, first, omitted=int((~keep).sum()))
+
+    def _omit(
+        self, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, keep: torch.Tensor,
+        stats: ClassStats, start: int, *, rows: bool,
+    ) -> ClassStats:  # fmt: skip
+        """The chunk's statistics without the elements where ``keep`` is False."""
+        if not rows:
+            return self._class_stats(
+                x[keep], y[keep], None if lab is None else lab[keep], start, per_sample=False
+            )
+        bad_rows = [int(r) for r in (~keep.all(dim=1)).nonzero().reshape(-1)]
+        parts = [
+            self._class_stats(
+                x[r][keep[r]],
+                y[r][keep[r]],
+                None if lab is None else lab[r][keep[r]],
+                start,
+                per_sample=False,
+            )
+            for r in bad_rows
+        ]
+        return stats.replace_rows(bad_rows, parts)
+
+    def _check_label_range(self, lab: torch.Tensor, start: int) -> None:
+        low, high = (int(v) for v in torch.aminmax(lab))
+        if low < 0 or high >= self.classes.num_classes:
+            raise self._label_error(lab, start)
+
+    def _label_error(self, lab: torch.Tensor, start: int) -> InputError:
+        labels = self.inputs.labels
+        assert labels is not None
+        num_classes = self.classes.num_classes
+        bad = ((lab < 0) | (lab >= num_classes)).reshape(-1)
+        offset = int(torch.argmax(bad.to(torch.uint8)))
+        value = int(lab.reshape(-1)[offset])
+        return InputError(
+            f"{labels.name}: label {value} at index {_label_index(labels.shape, start + offset)} is outside "
+            f"0..{num_classes - 1} (--class-weights names {num_classes} classes)"
+        )
+
+
+def _sums_are_finite(stats: ClassStats) -> bool:
+    """Whether the sums of targets and of predictions are finite (one read-back)."""
+    _, _, sum_target, sum_input = _extended(stats)
+    return math.isfinite(float(sum_input.sum() + sum_target.sum()))
+
+
+def _label_index(shape: tuple[int, ...], flat: int) -> tuple[int, ...] | int:
+    if not shape:
+        return ()
+    if len(shape) == 1:
+        return flat
+    return tuple(int(i) for i in np.unravel_index(flat, shape))
+
+
+# --------------------------------------------------------------------------- adding up
 
 
 @dataclass
@@ -267,8 +558,6 @@ class _TopK:
 
     @classmethod
     def empty(cls, k: int, num_classes: int) -> _TopK:
-        import torch
-
         return cls(
             k,
             torch.empty(0, dtype=torch.float64),
@@ -278,8 +567,6 @@ class _TopK:
         )
 
     def offer(self, loss: torch.Tensor, index: torch.Tensor, count: torch.Tensor, sse: torch.Tensor) -> None:
-        import torch
-
         loss, index = torch.cat([self.loss, loss.cpu()]), torch.cat([self.index, index.cpu()])
         count, sse = torch.cat([self.count, count.cpu()]), torch.cat([self.sse, sse.cpu()])
         by_index = torch.argsort(index, stable=True)
@@ -287,290 +574,176 @@ class _TopK:
         keep = by_index[by_loss][: self.k]
         self.loss, self.index, self.count, self.sse = loss[keep], index[keep], count[keep], sse[keep]
 
+    def gathered(self) -> _TopK:
+        """The K worst of all ranks, on every rank."""
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * _distributed.world()[1]
+        dist.all_gather_object(parts, (self.loss, self.index, self.count, self.sse))
+        top = _TopK.empty(self.k, self.count.shape[1])
+        for loss, index, count, sse in parts:
+            top.offer(loss, index, count, sse)
+        return top
+
 
 @dataclass
-class _Partial:
-    """What one process adds up over its chunks: merges by addition (max for max |error|)."""
+class _Totals:
+    """What one process adds up over its chunks."""
 
     stats: ClassStats
-    detection: torch.Tensor | None
-    nonfinite: list[int]  # [count in pred, count in target]
-    first_bad: list[int]  # first flat index of a non-finite value in pred, target (size: none)
-    omitted: int
+    detection: torch.Tensor | None  # [[true positives, false positives, false negatives]]
     top: _TopK | None
-    row_stats: ClassStats | None = None  # the sample being read in parts
-    errors: list[str] = field(default_factory=list)
-
-
-def _zero_stats(num_classes: int, device: torch.device) -> ClassStats:
-    import torch
-
-    from acbmse_cli.loss import ClassStats
-
-    def zeros(dtype: torch.dtype) -> torch.Tensor:
-        return torch.zeros(1, num_classes, dtype=dtype, device=device)
-
-    return ClassStats(
-        count=zeros(torch.int64),
-        sse=zeros(torch.float64),
-        sae=zeros(torch.float64),
-        max_abs_error=zeros(torch.float64),
-        sum_target=zeros(torch.float64),
-        sum_input=zeros(torch.float64),
-    )
-
-
-def _replace_rows(stats: ClassStats, rows: list[int], parts: list[ClassStats]) -> ClassStats:
-    from dataclasses import fields
-
-    from acbmse_cli.loss import ClassStats
-
-    values = {}
-    for f in fields(stats):
-        tensor = getattr(stats, f.name)
-        if tensor is not None:
-            tensor = tensor.clone()
-            for row, part in zip(rows, parts, strict=True):
-                tensor[row] = getattr(part, f.name)[0]
-        values[f.name] = tensor
-    return ClassStats(**values)
-
-
-@dataclass
-class _ChunkResult:
-    """What one chunk adds to the sums, before :meth:`_Evaluator.fold` adds it."""
-
-    start: int
-    stop: int
-    rows: bool  # whole samples (stats per sample) or not (stats pooled)
-    stats: ClassStats
-    nonfinite: tuple[int, int] = (0, 0)
-    first_bad: tuple[int, int] | None = None
+    first_bad: tuple[int, int]  # first flat index of a NaN/Inf value in pred, in target (size: none)
+    nonfinite: tuple[int, int] = (0, 0)  # how many in pred, in target
     omitted: int = 0
-    detection: torch.Tensor | None = None
 
+    def add_nonfinite(self, found: _NonFinite) -> None:
+        self.nonfinite = (self.nonfinite[0] + found.counts[0], self.nonfinite[1] + found.counts[1])
+        self.first_bad = (min(self.first_bad[0], found.first[0]), min(self.first_bad[1], found.first[1]))
+        self.omitted += found.omitted
 
-class _Evaluator:
-    """Streams the files of one process's share and adds up the statistics.
-
-    :meth:`compute` turns a chunk into a :class:`_ChunkResult` (the chunk's
-    statistics, its non-finite values); :meth:`fold` adds the results up in
-    chunk order, and keeps the running per-sample ranking.
-    """
-
-    def __init__(
-        self,
-        pred: ArraySource,
-        target: ArraySource,
-        labels: ArraySource | None,
-        classes: _Classes,
-        *,
-        per_sample: bool,
-        top: int,
-        detect_threshold: float | None,
-        nan_policy: str,
-        device: torch.device,
-    ) -> None:
-        import torch
-
-        self.pred, self.target, self.labels = pred, target, labels
-        self.classes = classes
-        self.num_classes = len(classes.weights)
-        self.per_sample = per_sample
-        self.detect_threshold = detect_threshold
-        self.omit = nan_policy == "omit"
-        self.device = device
-        self.shape = target.shape
-        self.row_size = math.prod(self.shape[1:]) if self.shape else 1
-        # Integers and bools are finite: only floating-point files need the check.
-        self.check_finite = any(s.dtype.startswith(("float", "bfloat")) for s in (pred, target))
-        self.partial = _Partial(
-            stats=_zero_stats(self.num_classes, device),
-            detection=torch.zeros(1, 3, dtype=torch.int64, device=device)
-            if detect_threshold is not None
-            else None,
-            nonfinite=[0, 0],
-            first_bad=[pred.size, target.size],
-            omitted=0,
-            top=_TopK.empty(top, self.num_classes) if per_sample else None,
+    def all_reduce(self) -> _Totals:
+        """The totals of all ranks, on every rank."""
+        counts = _distributed.all_reduce(torch.tensor([*self.nonfinite, self.omitted], dtype=torch.int64))
+        first_bad = _distributed.all_reduce(torch.tensor(self.first_bad, dtype=torch.int64), "min")
+        return _Totals(
+            stats=self.stats.to("cpu").all_reduce(),
+            detection=None if self.detection is None else _distributed.all_reduce(self.detection.cpu()),
+            top=None if self.top is None else self.top.gathered(),
+            nonfinite=(int(counts[0]), int(counts[1])),
+            first_bad=(int(first_bad[0]), int(first_bad[1])),
+            omitted=int(counts[2]),
         )
 
-    # ---- reading (in order: some sources are streams)
+
+class _Accumulator:
+    """Adds up the chunks' results in chunk order, and keeps the running per-sample ranking."""
+
+    def __init__(self, options: EvalOptions, inputs: _Inputs) -> None:
+        num_classes = options.classes.num_classes
+        device = inputs.device
+        self.weights = options.classes.weights
+        self.per_sample = options.per_sample
+        self.omit = options.omit
+        self.row_size = inputs.row_size
+        self.totals = _Totals(
+            stats=ClassStats.zeros(num_classes, device=device),
+            detection=None
+            if options.detect_threshold is None
+            else torch.zeros(1, 3, dtype=torch.int64, device=device),
+            top=_TopK.empty(options.top_samples, num_classes) if options.per_sample else None,
+            first_bad=(inputs.pred.size, inputs.target.size),
+        )
+        self.row_stats: ClassStats | None = None  # the sample being read in parts
+
+    def fold(self, result: _ChunkResult) -> None:
+        totals = self.totals
+        if result.nonfinite is not None:
+            totals.add_nonfinite(result.nonfinite)
+        if totals.nonfinite != (0, 0) and not self.omit:
+            return  # the run ends in an error: only the non-finite values are still counted
+        if result.detection is not None:
+            assert totals.detection is not None
+            totals.detection += result.detection
+        if not self.per_sample:
+            totals.stats = totals.stats + result.stats
+        elif result.rows:
+            totals.stats = totals.stats + result.stats.pooled()
+            self._offer(result.start // self.row_size, result.stats)
+        else:
+            self._fold_part_of_sample(result)
+
+    def _fold_part_of_sample(self, result: _ChunkResult) -> None:
+        """Part of one sample: added up until the sample is complete, then ranked."""
+        stats = result.stats
+        self.totals.stats = self.totals.stats + stats
+        self.row_stats = stats if self.row_stats is None else self.row_stats + stats
+        if result.stop % self.row_size == 0:
+            self._offer(result.start // self.row_size, self.row_stats)
+            self.row_stats = None
+
+    def _offer(self, first_row: int, stats: ClassStats) -> None:
+        assert self.totals.top is not None
+        losses = _balanced_loss(stats, self.weights)
+        index = torch.arange(first_row, first_row + losses.shape[0], dtype=torch.int64)
+        self.totals.top.offer(losses, index, stats.count, stats.sse)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Inputs:
+    """The open files of one evaluation, read in the same element ranges onto ``device``."""
+
+    pred: ArraySource
+    target: ArraySource
+    labels: ArraySource | None
+    device: torch.device
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.target.shape
+
+    @property
+    def row_size(self) -> int:
+        """Elements per sample (dim 0)."""
+        return math.prod(self.shape[1:]) if self.shape else 1
 
     def read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Elements ``[start, stop)`` of each file, in order (some sources are streams)."""
         x = self.pred.read(start, stop).to(self.device)
         y = self.target.read(start, stop).to(self.device)
         lab = self.labels.read(start, stop).to(self.device) if self.labels is not None else None
         return x, y, lab
 
-    # ---- one chunk
 
-    def _class_stats(
-        self, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, per_sample: bool, start: int
-    ) -> ClassStats:
-        import torch
-
-        from acbmse_cli.loss import class_stats
-
-        try:
-            return class_stats(
-                x,
-                y,
-                hit_threshold=self.classes.hit_threshold,
-                labels=lab,
-                num_classes=self.num_classes if lab is not None else None,
-                per_sample=per_sample,
-                dtype=torch.float64,
-                extended=True,
+@contextlib.contextmanager
+def _open_inputs(
+    pred: str | os.PathLike[str], target: str | os.PathLike[str], options: EvalOptions, device: torch.device
+) -> Iterator[_Inputs]:
+    """The files, checked against each other and the options; closed on leaving."""
+    with contextlib.ExitStack() as files:
+        p = files.enter_context(open_array(pred, key=options.pred_key, key_option="--pred-key"))
+        t = files.enter_context(open_array(target, key=options.target_key, key_option="--target-key"))
+        if p.shape != t.shape:
+            raise InputError(
+                f"{p.name} has shape {p.shape} but {t.name} has shape {t.shape}: they must match"
             )
-        except ValueError as exc:
-            if lab is None:
-                raise
-            raise self._label_error(lab, start) from exc
-
-    def _label_error(self, lab: torch.Tensor, start: int) -> InputError:
-        import torch
-
-        assert self.labels is not None
-        bad = ((lab < 0) | (lab >= self.num_classes)).reshape(-1)
-        offset = int(torch.argmax(bad.to(torch.uint8)))
-        value = int(lab.reshape(-1)[offset])
-        return InputError(
-            f"{self.labels.name}: label {value} at index {self._index(start + offset)} is outside "
-            f"0..{self.num_classes - 1} (--class-weights names {self.num_classes} classes)"
-        )
-
-    def _index(self, flat: int) -> tuple[int, ...] | int:
-        import numpy as np
-
-        if not self.shape:
-            return ()
-        if len(self.shape) == 1:
-            return flat
-        return tuple(int(i) for i in np.unravel_index(flat, self.shape))
-
-    def compute(
-        self, start: int, stop: int, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None
-    ) -> _ChunkResult:
-        """The statistics of elements ``[start, stop)`` (whose values are ``x``, ``y``, ``lab``)."""
-        import torch
-
-        from acbmse_cli.loss import detection_counts
-
-        if lab is not None and lab.device.type != "cpu":  # class_stats range-checks labels on the CPU only
-            low, high = (int(v) for v in torch.aminmax(lab))
-            if low < 0 or high >= self.num_classes:
-                raise self._label_error(lab, start)
-        rows = self.per_sample and start % self.row_size == 0 and (stop - start) % self.row_size == 0
-        if rows:  # whole samples: one group each
-            n_rows = (stop - start) // self.row_size
-            x, y = x.reshape(n_rows, -1), y.reshape(n_rows, -1)
-            lab = lab.reshape(n_rows, -1) if lab is not None else None
-        result = _ChunkResult(start, stop, rows, self._class_stats(x, y, lab, rows, start))
-        if self.check_finite:
-            # A NaN or Inf in either file makes its class's sum of targets or of predictions
-            # non-finite: the sums show whether the chunk needs a closer look, at no cost.
-            stats = result.stats
-            assert stats.sum_input is not None and stats.sum_target is not None
-            if not math.isfinite(float(stats.sum_input.sum() + stats.sum_target.sum())):
-                fx, fy = torch.isfinite(x), torch.isfinite(y)
-                keep = fx & fy
-                if not bool(keep.all()):  # else finite values whose sums overflowed: nothing to leave out
-                    bad_x, bad_y = ~fx.reshape(-1), ~fy.reshape(-1)
-                    result.nonfinite = (int(bad_x.sum()), int(bad_y.sum()))
-                    result.first_bad = (
-                        start + int(torch.argmax(bad_x.to(torch.uint8)))
-                        if result.nonfinite[0]
-                        else self.pred.size,
-                        start + int(torch.argmax(bad_y.to(torch.uint8)))
-                        if result.nonfinite[1]
-                        else self.target.size,
-                    )
-                    result.omitted = int((~keep).sum())
-                    if not self.omit:
-                        return result  # the run ends in an error; only the counts matter now
-                    result.stats = self._omit(x, y, lab, keep, result.stats, rows, start)
-                    x, y = x[keep], y[keep]
-        if self.detect_threshold is not None:
-            result.detection = detection_counts(
-                x.reshape(-1),
-                y.reshape(-1),
-                hit_threshold=self.classes.hit_threshold,
-                detect_threshold=self.detect_threshold,
+        lab = None
+        if options.labels is not None:
+            lab = files.enter_context(open_array(options.labels, role="labels"))
+            if lab.shape != t.shape:
+                raise InputError(
+                    f"{lab.name}: labels have shape {lab.shape} but {t.name} has shape {t.shape}"
+                )
+        if options.per_sample and not t.shape:
+            raise InputError(
+                f"--per-sample needs a batch dimension (dim 0), but {t.name} is a 0-dimensional array"
             )
-        return result
+        yield _Inputs(p, t, lab, device)
 
-    def _omit(
-        self, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, keep: torch.Tensor,
-        stats: ClassStats, rows: bool, start: int,
-    ) -> ClassStats:  # fmt: skip
-        """The chunk's statistics without the elements where ``keep`` is False."""
-        if not rows:
-            return self._class_stats(x[keep], y[keep], None if lab is None else lab[keep], False, start)
-        bad_rows = [int(r) for r in (~keep.all(dim=1)).nonzero().reshape(-1)]
-        parts = [
-            self._class_stats(
-                x[r][keep[r]], y[r][keep[r]], None if lab is None else lab[r][keep[r]], False, start
-            )
-            for r in bad_rows
-        ]
-        return _replace_rows(stats, bad_rows, parts)
 
-    # ---- adding up, in chunk order
-
-    def fold(self, result: _ChunkResult) -> None:
-        partial = self.partial
-        if result.first_bad is not None:
-            for i in (0, 1):
-                partial.nonfinite[i] += result.nonfinite[i]
-                partial.first_bad[i] = min(partial.first_bad[i], result.first_bad[i])
-            partial.omitted += result.omitted
-        if partial.nonfinite != [0, 0] and not self.omit:
-            return  # the run ends in an error: only the non-finite values are still counted
-        if result.detection is not None:
-            assert partial.detection is not None
-            partial.detection += result.detection
-        stats = result.stats
-        if not self.per_sample:
-            partial.stats = partial.stats + stats
-        elif result.rows:
-            partial.stats = partial.stats + stats.pooled()
-            self._offer(result.start // self.row_size, stats)
-        else:  # part of one sample: add it up until the sample is complete
-            partial.stats = partial.stats + stats
-            partial.row_stats = stats if partial.row_stats is None else partial.row_stats + stats
-            if result.stop % self.row_size == 0:
-                self._offer(result.start // self.row_size, partial.row_stats)
-                partial.row_stats = None
-
-    def _offer(self, first_row: int, stats: ClassStats) -> None:
-        import torch
-
-        from acbmse_cli.loss import balanced_loss
-
-        assert self.partial.top is not None
-        losses = balanced_loss(stats, self.classes.weights)
-        index = torch.arange(first_row, first_row + losses.shape[0], dtype=torch.int64)
-        self.partial.top.offer(losses, index, stats.count, stats.sse)
-
-    # ---- the loop
-
-    def run(self, ranges: Iterable[tuple[int, int]], progress: Callable[[int], None]) -> None:
-        """Read, compute and fold every range, on one CPU thread (or the GPU)."""
-        import torch
-
-        threads = torch.get_num_threads()
-        # One thread: the steps of a chunk are too short for torch's thread team, whose
-        # barriers stall every step whenever another process holds one of the cores.
-        # More cores: more processes, under torchrun.
-        torch.set_num_threads(1)
-        try:
-            with _recycled_temporaries():
-                for start, stop in ranges:
-                    self.fold(self.compute(start, stop, *self.read(start, stop)))
-                    progress(stop - start)
-        finally:
-            torch.set_num_threads(threads)
+def _stream(
+    inputs: _Inputs,
+    computer: _ChunkComputer,
+    accumulator: _Accumulator,
+    ranges: Iterable[tuple[int, int]],
+    progress: Callable[[int], None],
+) -> None:
+    """Read, compute and fold every range, on one CPU thread (or the GPU)."""
+    threads = torch.get_num_threads()
+    # One thread: the steps of a chunk are too short for torch's thread team, whose
+    # barriers stall every step whenever another process holds one of the cores.
+    # More cores: more processes, under torchrun.
+    torch.set_num_threads(1)
+    try:
+        with _recycled_temporaries(), torch.inference_mode():
+            for start, stop in ranges:
+                accumulator.fold(computer.compute(start, stop, *inputs.read(start, stop)))
+                progress(stop - start)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
@@ -601,106 +774,78 @@ def _recycled_temporaries() -> Iterator[None]:
         mallopt(m_trim_threshold, 128 << 10)
 
 
-# --------------------------------------------------------------------------- distributed
+class _Counter:
+    """Counts the elements done and reports (done, total) to a progress callback."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, elements: int) -> None:
+        self.done += elements
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join the ``torchrun`` process group (gloo) when ``WORLD_SIZE`` > 1; (rank, world size)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def finish_distributed() -> None:
-    """Leave the process group, if one is initialised."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _merge_ranks(partial: _Partial) -> _Partial:
-    """All-reduce the partial sums of every rank: each rank gets the whole result."""
-    import torch
-    import torch.distributed as dist
-
-    from acbmse_cli.loss import ClassStats
-
-    stats = partial.stats.to("cpu")
-    assert stats.sae is not None and stats.sum_target is not None and stats.sum_input is not None
-    assert stats.max_abs_error is not None
-    counts = torch.cat(
-        [
-            stats.count.reshape(-1),
-            (
-                partial.detection.cpu()
-                if partial.detection is not None
-                else torch.zeros(1, 3, dtype=torch.int64)
-            ).reshape(-1),
-            torch.tensor([*partial.nonfinite, partial.omitted], dtype=torch.int64),
-        ]
-    )
-    sums = torch.stack([stats.sse, stats.sae, stats.sum_target, stats.sum_input])
-    maxima = stats.max_abs_error.clone()
-    first_bad = torch.tensor(partial.first_bad, dtype=torch.int64)
-    dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-    dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
-    dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
-    k = stats.count.shape[1]
-    merged = _Partial(
-        stats=ClassStats(
-            count=counts[:k].reshape(1, k),
-            sse=sums[0],
-            sae=sums[1],
-            max_abs_error=maxima,
-            sum_target=sums[2],
-            sum_input=sums[3],
-        ),
-        detection=counts[k : k + 3].reshape(1, 3) if partial.detection is not None else None,
-        nonfinite=[int(counts[k + 3]), int(counts[k + 4])],
-        first_bad=[int(v) for v in first_bad],
-        omitted=int(counts[k + 5]),
-        top=partial.top,
-    )
-    if partial.top is not None:
-        gathered: list[Any] = [None] * dist.get_world_size()
-        t = partial.top
-        dist.all_gather_object(gathered, (t.loss, t.index, t.count, t.sse))
-        top = _TopK.empty(t.k, k)
-        for loss, index, count, sse in gathered:
-            top.offer(loss, index, count, sse)
-        merged.top = top
-    return merged
+def _accumulate(inputs: _Inputs, options: EvalOptions, progress: Progress | None) -> _Totals:
+    """This rank's share of the samples added up; under torchrun, all the ranks' totals merged."""
+    rank, world = _distributed.world()
+    rows = inputs.shape[0] if inputs.shape else 1
+    first, last = rows * rank // world, rows * (rank + 1) // world
+    accumulator = _Accumulator(options, inputs)
+    ranges = chunk_ranges(inputs.shape, options.chunk, (first, last))
+    error: str | None = None
+    counter = _Counter(progress, (last - first) * inputs.row_size)
+    try:
+        _stream(inputs, _ChunkComputer(options, inputs), accumulator, ranges, counter)
+    except InputError as exc:
+        if world == 1:
+            raise
+        error = str(exc)
+    if world == 1:
+        return accumulator.totals
+    error = _agree_on_errors(error)
+    if error is not None:
+        raise InputError(error)
+    return accumulator.totals.all_reduce()
 
 
 def _agree_on_errors(error: str | None) -> str | None:
     """The first rank's error, if any rank had one, on every rank (so that none waits for the others)."""
     import torch.distributed as dist
 
-    errors: list[str | None] = [None] * dist.get_world_size()
+    errors: list[str | None] = [None] * _distributed.world()[1]
     dist.all_gather_object(errors, error)
     return next((e for e in errors if e is not None), None)
 
 
-# --------------------------------------------------------------------------- the entry point
+# --------------------------------------------------------------------------- the entry points
 
 
-def _open(path: str | os.PathLike[str], key: str | None, key_option: str, role: str) -> ArraySource:
-    return open_array(path, key=key, key_option=key_option, role="labels" if role == "labels" else "values")
+def evaluate(
+    pred: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    options: EvalOptions,
+    *,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Per-class error statistics of a prediction file against a target file.
+
+    The files (``.npy``, ``.npz`` or ``.pt``, of the same shape) are read in chunks of
+    ``options.chunk`` elements, never whole, and the statistics are summed in float64.
+
+    Args:
+        pred, target: the files.
+        options: the classes and everything else that shapes the computation.
+        progress: called after each chunk with (elements done, elements in all).
+
+    Raises:
+        InputError: a bad file, or NaN/Inf under ``nan_policy="raise"``.
+    """
+    rank, world = _distributed.world()
+    device = _rank_device(options.torch_device, rank, world)
+    with _open_inputs(pred, target, options, device) as inputs:
+        totals = _accumulate(inputs, options, progress)
+        return _summarize(totals, inputs, options, pred=str(pred), target=str(target))
 
 
 def evaluate_files(
@@ -723,230 +868,127 @@ def evaluate_files(
     chunk_elements: int | None = None,
     progress: Progress | None = None,
 ) -> EvalResult:
-    """Per-class error statistics of a prediction file against a target file.
-
-    The files are read in chunks of ``chunk_elements`` elements, never whole,
-    and the statistics are summed in float64.  Options mirror ``acbmse eval``
-    (``None`` means the default; giving an option that does not apply is an
-    error): the default classes are non-hit (``|target| <= hit_threshold``)
-    and hit, weighted ``nonhit_weight`` and ``hit_weight``; or ``labels``, a
-    file of integer classes with one of ``class_weights`` each.
-
-    Args:
-        pred, target: ``.npy``, ``.npz`` or ``.pt`` files of the same shape.
-        pred_key, target_key: the array of an ``.npz`` (or the entry of a dict in a ``.pt``).
-        labels: a file of integer labels in ``[0, K)``, the target's shape.
-        per_sample: also find the ``top`` (default 10) samples (dim 0) with the worst ACB-MSE.
-        detect_threshold: also count "prediction > threshold" against the true hits.
-        nan_policy: ``"raise"``: NaN or Inf in either file is an error that says how many
-            and where the first is; ``"omit"``: leave those elements out (``omitted`` says how many).
-        device: where the arithmetic runs (``"auto"``, ``"cpu"``, ``"cuda:1"``...).
-        chunk_elements: elements per chunk (default :data:`DEFAULT_CHUNK_ELEMENTS`).
-        progress: called after each chunk with (elements done, elements in all).
+    """:func:`evaluate` with the options of :class:`EvalOptions` as keywords.
 
     Raises:
         InputError: a bad file or option, or NaN/Inf under ``nan_policy="raise"``.
     """
-    import torch
-
-    from acbmse_cli.devices import resolve_device
-
-    if nan_policy not in NAN_POLICIES:
-        raise InputError(f"--nan-policy must be one of {', '.join(NAN_POLICIES)}, got {nan_policy!r}")
-    classes = _resolve_classes(
-        hit_threshold,
-        hit_weight,
-        nonhit_weight,
-        labels is not None,
-        class_weights,
-        class_names,
-        detect_threshold,
+    options = EvalOptions(
+        pred_key=pred_key,
+        target_key=target_key,
+        labels=labels,
+        hit_threshold=hit_threshold,
+        hit_weight=hit_weight,
+        nonhit_weight=nonhit_weight,
+        class_weights=class_weights,
+        class_names=class_names,
+        per_sample=per_sample,
+        top=top,
+        detect_threshold=detect_threshold,
+        nan_policy=nan_policy,
+        device=device,
+        chunk_elements=chunk_elements,
     )
-    if detect_threshold is not None:
-        _check_real("--detect-threshold", detect_threshold, negative=True)
-    if top is not None and not per_sample:
-        raise InputError("--top needs --per-sample")
-    if top is not None and top < 1:
-        raise InputError(f"--top must be at least 1, got {top}")
-    chunk = DEFAULT_CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements)
-    if chunk < 1:
-        raise InputError(f"--chunk-elements must be at least 1, got {chunk}")
-    dev = resolve_device(device) if isinstance(device, str) else device
-    rank, world = _world()
-    if str(dev) == "cuda" and world > 1:  # no index given: one GPU per local rank
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    return evaluate(pred, target, options, progress=progress)
 
-    sources: list[ArraySource] = []
-    try:
-        p = _open(pred, pred_key, "--pred-key", "values")
-        sources.append(p)
-        t = _open(target, target_key, "--target-key", "values")
-        sources.append(t)
-        if p.shape != t.shape:
-            raise InputError(
-                f"{p.name} has shape {p.shape} but {t.name} has shape {t.shape}: they must match"
-            )
-        lab = None
-        if labels is not None:
-            lab = _open(labels, None, "", "labels")
-            sources.append(lab)
-            if lab.shape != t.shape:
-                raise InputError(
-                    f"{lab.name}: labels have shape {lab.shape} but {t.name} has shape {t.shape}"
-                )
-        if per_sample and not t.shape:
-            raise InputError(
-                f"--per-sample needs a batch dimension (dim 0), but {t.name} is a 0-dimensional array"
-            )
-        evaluator = _Evaluator(
-            p, t, lab, classes,
-            per_sample=per_sample,
-            top=DEFAULT_TOP if top is None else top,
-            detect_threshold=detect_threshold,
-            nan_policy=nan_policy,
-            device=dev,
-        )  # fmt: skip
-        rows = t.shape[0] if t.shape else 1
-        first, last = rows * rank // world, rows * (rank + 1) // world
-        total = (last - first) * evaluator.row_size
-        done = 0
 
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress(done, total)
-
-        error: str | None = None
-        try:
-            with torch.inference_mode():
-                evaluator.run(chunk_ranges(t.shape, chunk, (first, last)), advance)
-        except InputError as exc:
-            if world == 1:
-                raise
-            error = str(exc)
-        partial = evaluator.partial
-        if world > 1:
-            error = _agree_on_errors(error)
-            if error is not None:
-                raise InputError(error)
-            partial = _merge_ranks(partial)
-        return _summarize(partial, classes, p, t, str(pred), str(target), nan_policy, detect_threshold)
-    finally:
-        for source in sources:
-            source.close()
+# --------------------------------------------------------------------------- the report
 
 
 def _summarize(
-    partial: _Partial,
-    classes: _Classes,
-    p: ArraySource,
-    t: ArraySource,
-    pred_path: str,
-    target_path: str,
-    nan_policy: str,
-    detect_threshold: float | None,
+    totals: _Totals, inputs: _Inputs, options: EvalOptions, *, pred: str, target: str
 ) -> EvalResult:
-    import numpy as np
-
-    from acbmse_cli.loss import ClassStats, balanced_loss
-
-    if nan_policy == "raise" and partial.nonfinite != [0, 0]:
-        parts = []
-        for source, n, first in zip((p, t), partial.nonfinite, partial.first_bad, strict=True):
-            if n:
-                where = tuple(int(i) for i in np.unravel_index(first, source.shape)) if source.shape else ()
-                parts.append(
-                    f"{source.name}: {n} NaN/Inf value{'s' if n > 1 else ''}, "
-                    f"the first at index {_fmt_index(where)}"
-                )
-        raise InputError("; ".join(parts) + " (--nan-policy omit leaves them out)")
-
-    stats = partial.stats.to("cpu")
-    assert stats.sae is not None and stats.max_abs_error is not None
-    assert stats.sum_target is not None and stats.sum_input is not None
-    count = [int(n) for n in stats.count[0]]
-    elements = sum(count)
+    if not options.omit:
+        _raise_on_nonfinite(totals, (inputs.pred, inputs.target))
+    stats = totals.stats.to("cpu")
+    sae, max_abs, sum_target, sum_input = _extended(stats)
+    elements = int(stats.count.sum())
     if elements == 0:  # a score of 0 here would pass any gate on a file of nothing but NaN
         raise InputError(
-            f"{pred_path} vs {target_path}: every element ({partial.omitted:,}) was NaN/Inf in one file "
+            f"{pred} vs {target}: every element ({totals.omitted:,}) was NaN/Inf in one file "
             "or the other and was omitted (--nan-policy omit): nothing left to score"
         )
-    acb = float(balanced_loss(stats, classes.weights)[0])
-    results = []
-    for c, (name, weight) in enumerate(zip(classes.names, classes.weights, strict=True)):
-        n = count[c]
-        # the formula on this class alone (zero weights on the others would turn an
-        # infinite SSE there into NaN here: 0 * inf)
-        alone = ClassStats(count=stats.count[:, c : c + 1], sse=stats.sse[:, c : c + 1])
-        contribution = float(balanced_loss(alone, [weight])[0])
-        if n == 0:
-            results.append(
-                ClassResult(
-                    name, 0, 0.0 if elements else None, None, None, None, None, None, None, weight, 0.0
-                )
-            )
-            continue
-        mse = float(stats.sse[0, c]) / n
-        results.append(
-            ClassResult(
-                name=name,
-                count=n,
-                fraction=n / elements,
-                mse=mse,
-                rmse=math.sqrt(mse),
-                mae=float(stats.sae[0, c]) / n,
-                max_abs_error=float(stats.max_abs_error[0, c]),
-                mean_target=float(stats.sum_target[0, c]) / n,
-                mean_pred=float(stats.sum_input[0, c]) / n,
-                weight=weight,
-                contribution=contribution,
-            )
-        )
-
-    def overall(total: float) -> float | None:
-        return total / elements if elements else None
-
-    detection = None
-    if detect_threshold is not None and partial.detection is not None:
-        tp, fp, fn = (int(v) for v in partial.detection.cpu().reshape(-1))
-        detection = DetectionResult(
-            threshold=float(detect_threshold),
-            true_positives=tp,
-            false_positives=fp,
-            false_negatives=fn,
-            recall=tp / (tp + fn) if tp + fn else None,
-            precision=tp / (tp + fp) if tp + fp else None,
-            f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
-        )
-    worst = None
-    if partial.top is not None:
-        top = partial.top
-        worst = tuple(
-            SampleResult(
-                index=int(top.index[i]),
-                acb_mse=float(top.loss[i]),
-                class_mse=tuple(
-                    float(top.sse[i, c]) / int(top.count[i, c]) if int(top.count[i, c]) else None
-                    for c in range(len(classes.weights))
-                ),
-            )
-            for i in range(top.index.shape[0])
-        )
+    classes = options.classes
     return EvalResult(
-        pred=pred_path,
-        target=target_path,
+        pred=pred,
+        target=target,
         elements=elements,
-        classes=tuple(results),
-        mse=overall(float(stats.sse.sum())),
-        mae=overall(float(stats.sae.sum())),
-        acb_mse=acb,
-        max_abs_error=float(stats.max_abs_error.max()) if elements else None,
-        mean_target=overall(float(stats.sum_target.sum())),
-        mean_pred=overall(float(stats.sum_input.sum())),
-        omitted=partial.omitted if nan_policy == "omit" else None,
-        detection=detection,
-        worst_samples=worst,
+        classes=tuple(_class_result(stats, c, classes, elements) for c in range(classes.num_classes)),
+        mse=float(stats.sse.sum()) / elements,
+        mae=float(sae.sum()) / elements,
+        acb_mse=float(_balanced_loss(stats, classes.weights)[0]),
+        max_abs_error=float(max_abs.max()),
+        mean_target=float(sum_target.sum()) / elements,
+        mean_pred=float(sum_input.sum()) / elements,
+        omitted=totals.omitted if options.omit else None,
+        detection=_detection_result(totals.detection, options.detect_threshold),
+        worst_samples=None if totals.top is None else _worst_samples(totals.top),
+    )
+
+
+def _raise_on_nonfinite(totals: _Totals, sources: tuple[ArraySource, ArraySource]) -> None:
+    if totals.nonfinite == (0, 0):
+        return
+    parts = []
+    for source, n, first in zip(sources, totals.nonfinite, totals.first_bad, strict=True):
+        if n:
+            where = tuple(int(i) for i in np.unravel_index(first, source.shape)) if source.shape else ()
+            values = f"{n} NaN/Inf value{'s' if n > 1 else ''}"
+            parts.append(f"{source.name}: {values}, the first at index {_fmt_index(where)}")
+    raise InputError("; ".join(parts) + " (--nan-policy omit leaves them out)")
+
+
+def _class_result(stats: ClassStats, c: int, classes: ClassSpec, elements: int) -> ClassResult:
+    """Class ``c``'s line; its contribution is the formula on this class alone (zero weights on
+    the others would turn an infinite SSE there into NaN here: 0 * inf)."""
+    name, weight = classes.names[c], classes.weights[c]
+    n = int(stats.count[0, c])
+    if n == 0:
+        return ClassResult(name, 0, 0.0, None, None, None, None, None, None, weight, 0.0)
+    sae, max_abs, sum_target, sum_input = _extended(stats)
+    mse = float(stats.sse[0, c]) / n
+    return ClassResult(
+        name=name,
+        count=n,
+        fraction=n / elements,
+        mse=mse,
+        rmse=math.sqrt(mse),
+        mae=float(sae[0, c]) / n,
+        max_abs_error=float(max_abs[0, c]),
+        mean_target=float(sum_target[0, c]) / n,
+        mean_pred=float(sum_input[0, c]) / n,
+        weight=weight,
+        contribution=float(_balanced_loss(stats.select(slice(c, c + 1)), [weight])[0]),
+    )
+
+
+def _detection_result(detection: torch.Tensor | None, threshold: float | None) -> DetectionResult | None:
+    if detection is None or threshold is None:
+        return None
+    tp, fp, fn = (int(v) for v in detection.cpu().reshape(-1))
+    return DetectionResult(
+        threshold=float(threshold),
+        true_positives=tp,
+        false_positives=fp,
+        false_negatives=fn,
+        recall=tp / (tp + fn) if tp + fn else None,
+        precision=tp / (tp + fp) if tp + fp else None,
+        f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+    )
+
+
+def _worst_samples(top: _TopK) -> tuple[SampleResult, ...]:
+    def class_mse(i: int, c: int) -> float | None:
+        n = int(top.count[i, c])
+        return float(top.sse[i, c]) / n if n else None
+
+    return tuple(
+        SampleResult(
+            index=int(top.index[i]),
+            acb_mse=float(top.loss[i]),
+            class_mse=tuple(class_mse(i, c) for c in range(top.count.shape[1])),
+        )
+        for i in range(top.index.shape[0])
     )
 
 
