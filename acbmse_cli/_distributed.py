@@ -7,12 +7,14 @@ every helper is the identity and the world has one rank.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["AllReduceSum", "all_reduce", "finish", "init_from_env", "world"]
+T = TypeVar("T")
+
+__all__ = ["AllReduceSum", "all_reduce", "finish", "gather_objects", "init_from_env", "world"]
 
 
 def _group_ready() -> bool:
@@ -40,6 +42,15 @@ def all_reduce(tensor: Tensor, op: str = "sum") -> Tensor:
         total, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
     )
     return total
+
+
+def gather_objects(value: T) -> list[T]:
+    """Every rank's ``value`` (a small object of this program's own making), in rank order."""
+    import torch.distributed as dist
+
+    values: list[Any] = [None] * world()[1]
+    dist.all_gather_object(values, value)
+    return values
 
 
 class AllReduceSum(torch.autograd.Function):

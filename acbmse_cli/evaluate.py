@@ -23,8 +23,8 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, cast
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -366,7 +366,7 @@ def _chunk_class_stats(
     x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, classes: ClassSpec, *, per_sample: bool
 ) -> ClassStats:
     """:func:`acbmse_cli.loss.class_stats`, extended and in float64, as a :class:`ClassStats`."""
-    stats: Any = class_stats(
+    return class_stats(
         x,
         y,
         hit_threshold=classes.hit_threshold,
@@ -376,17 +376,6 @@ def _chunk_class_stats(
         dtype=torch.float64,
         extended=True,
     )
-    if isinstance(stats, ClassStats):
-        return stats
-    return ClassStats(**{name: getattr(stats, name) for name in _STATS_FIELDS})
-
-
-_STATS_FIELDS = tuple(f.name for f in fields(ClassStats))
-
-
-def _balanced_loss(stats: ClassStats, weights: Sequence[float]) -> torch.Tensor:
-    """:func:`acbmse_cli.loss.balanced_loss` of every group of ``stats``."""
-    return balanced_loss(cast(Any, stats), weights)
 
 
 def _extended(stats: ClassStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -576,10 +565,7 @@ class _TopK:
 
     def gathered(self) -> _TopK:
         """The K worst of all ranks, on every rank."""
-        import torch.distributed as dist
-
-        parts: list[Any] = [None] * _distributed.world()[1]
-        dist.all_gather_object(parts, (self.loss, self.index, self.count, self.sse))
+        parts = _distributed.gather_objects((self.loss, self.index, self.count, self.sse))
         top = _TopK.empty(self.k, self.count.shape[1])
         for loss, index, count, sse in parts:
             top.offer(loss, index, count, sse)
@@ -664,7 +650,7 @@ class _Accumulator:
 
     def _offer(self, first_row: int, stats: ClassStats) -> None:
         assert self.totals.top is not None
-        losses = _balanced_loss(stats, self.weights)
+        losses = balanced_loss(stats, self.weights)
         index = torch.arange(first_row, first_row + losses.shape[0], dtype=torch.int64)
         self.totals.top.offer(losses, index, stats.count, stats.sse)
 
@@ -811,10 +797,7 @@ def _accumulate(inputs: _Inputs, options: EvalOptions, progress: Progress | None
 
 def _agree_on_errors(error: str | None) -> str | None:
     """The first rank's error, if any rank had one, on every rank (so that none waits for the others)."""
-    import torch.distributed as dist
-
-    errors: list[str | None] = [None] * _distributed.world()[1]
-    dist.all_gather_object(errors, error)
+    errors = _distributed.gather_objects(error)
     return next((e for e in errors if e is not None), None)
 
 
@@ -916,7 +899,7 @@ def _summarize(
         classes=tuple(_class_result(stats, c, classes, elements) for c in range(classes.num_classes)),
         mse=float(stats.sse.sum()) / elements,
         mae=float(sae.sum()) / elements,
-        acb_mse=float(_balanced_loss(stats, classes.weights)[0]),
+        acb_mse=float(balanced_loss(stats, classes.weights)[0]),
         max_abs_error=float(max_abs.max()),
         mean_target=float(sum_target.sum()) / elements,
         mean_pred=float(sum_input.sum()) / elements,
@@ -958,7 +941,7 @@ def _class_result(stats: ClassStats, c: int, classes: ClassSpec, elements: int) 
         mean_target=float(sum_target[0, c]) / n,
         mean_pred=float(sum_input[0, c]) / n,
         weight=weight,
-        contribution=float(_balanced_loss(stats.select(slice(c, c + 1)), [weight])[0]),
+        contribution=float(balanced_loss(stats.select(slice(c, c + 1)), [weight])[0]),
     )
 
 
