@@ -14,13 +14,18 @@ import json
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from rich.console import Console
     from rich.progress import Progress
+    from rich.table import Table
+    from rich.text import Text
 
-    from acbmse_cli.evaluate import EvalResult
+    from acbmse_cli.evaluate import DetectionResult, EvalResult, SampleResult
 
 __all__ = ["CSV_COLUMNS", "DelayedProgress", "render_csv", "render_json", "render_table", "stdout_console"]
 
@@ -152,65 +157,231 @@ def stdout_console(file: TextIO | None = None) -> Console:
     return ReportConsole(file=stream, highlight=False, width=None if terminal else 200, soft_wrap=False)
 
 
-def render_table(result: EvalResult, console: Console) -> None:
-    """The human report: a row per class, the overall row and totals; detection and worst samples."""
+# --------------------------------------------------------------------------- the report table
+#
+# A table of the report is first described as a _Grid of plain-text columns, then laid out for the
+# console's width: in one rich table when its columns fit, else with its value columns split over
+# several tables (each repeating the key columns).  A cell is never wrapped and a header word never
+# broken, so that no number or class name is cut; only a grid that cannot fit even one value column
+# per table is left to rich to squeeze, with its cells folded onto more lines (never an ellipsis).
+
+_STATISTICS = ("count", "share", "MSE", "RMSE", "MAE", "max |error|",
+               "mean target", "mean pred", "weight", "contribution")  # fmt: skip
+_PADDING = 2  # a cell's padding: one space either side
+
+
+def _text_width(text: str) -> int:
+    from rich.cells import cell_len
+
+    return cell_len(text)
+
+
+@dataclass(frozen=True)
+class _Column:
+    """A column of a report table: the words of its header (never broken) and its cells (never wrapped)."""
+
+    header: tuple[str, ...]
+    cells: tuple[str, ...]
+    justify: Literal["left", "right"] = "right"
+    style: str = ""
+
+    @property
+    def min_width(self) -> int:
+        """The widest header word or cell: the narrowest the column can be without cutting either."""
+        return max(_text_width(text) for text in (*self.header, *self.cells, " "))
+
+    @property
+    def natural_width(self) -> int:
+        """The width with the header on one line."""
+        return max(self.min_width, _text_width(" ".join(self.header)))
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """A report table before layout: its columns, the first ``keys`` of them repeated in every part."""
+
+    title: str | None
+    columns: tuple[_Column, ...]
+    keys: int = 0
+    row_styles: tuple[str, ...] = ()
+    section_before: int | None = None  # the row that a rule separates from those above it
+
+
+def _table_width(widths: Sequence[int]) -> int:
+    """The width of a table whose columns hold ``widths`` cells: padding and borders added."""
+    return sum(widths) + _PADDING * len(widths) + len(widths) + 1
+
+
+def _fit_widths(columns: Sequence[_Column], room: int) -> list[int] | None:
+    """The widths of ``columns`` in ``room`` cells, headers on one line where room is left; None if too wide.
+
+    The spare room goes first to the headers that need the least of it to stay on one line.
+    """
+    widths = [column.min_width for column in columns]
+    spare = room - _table_width(widths)
+    if spare < 0:
+        return None
+    for i in sorted(range(len(columns)), key=lambda i: columns[i].natural_width - widths[i]):
+        grow = min(spare, columns[i].natural_width - widths[i])
+        widths[i] += grow
+        spare -= grow
+    return widths
+
+
+def _parts(grid: _Grid, room: int) -> list[tuple[_Column, ...]]:
+    """The grid's columns in tables of at most ``room`` cells: its value columns packed in order."""
+    keys, values = grid.columns[: grid.keys], grid.columns[grid.keys :]
+    parts: list[tuple[_Column, ...]] = []
+    part: tuple[_Column, ...] = ()
+    for column in values:
+        if part and _fit_widths((*keys, *part, column), room) is None:
+            parts.append((*keys, *part))
+            part = ()
+        part += (column,)
+    parts.append((*keys, *part))
+    return parts
+
+
+def _pack(words: Sequence[str], width: int, sep: str = " ") -> str:
+    """The words joined by ``sep`` on as few lines of ``width`` cells as hold them, none broken."""
+    lines: list[str] = []
+    for word in words:
+        if lines and _text_width(f"{lines[-1]}{sep}{word}") <= width:
+            lines[-1] += f"{sep}{word}"
+        else:
+            lines.append(word)
+    return "\n".join(lines)
+
+
+def _header(words: tuple[str, ...], width: int | None) -> Text:
+    """The header's words on as few lines of ``width`` cells as hold them (one line when no width)."""
+    from rich.text import Text
+
+    return Text(" ".join(words) if width is None else _pack(words, width))
+
+
+def _rich_table(
+    grid: _Grid, columns: tuple[_Column, ...], widths: list[int] | None, title: str | None
+) -> Table:
     from rich.table import Table
     from rich.text import Text
 
     # Paths and class names are the user's text, never markup: "[/a]" must print as "[/a]".
-    table = Table(title=Text(f"{result.pred} vs {result.target}"), title_justify="left")
-    for header in ("class", "count", "share", "MSE", "RMSE", "MAE", "max |error|",
-                   "mean target", "mean pred", "weight", "contribution"):  # fmt: skip
-        table.add_column(header, justify="left" if header == "class" else "right")
-    for c in result.classes:
-        table.add_row(
-            Text(c.name), f"{c.count:,}", _share(c.fraction), _num(c.mse), _num(c.rmse), _num(c.mae),
-            _num(c.max_abs_error), _num(c.mean_target), _num(c.mean_pred), _num(c.weight),
-            _num(c.contribution),
-        )  # fmt: skip
-    table.add_section()
-    table.add_row(
-        OVERALL,
-        f"{result.elements:,}",
-        _share(1.0 if result.elements else None),
-        _num(result.mse),
-        _num(None if result.mse is None else math.sqrt(result.mse)),
-        _num(result.mae),
-        _num(result.max_abs_error),
-        _num(result.mean_target),
-        _num(result.mean_pred),
-        "",
-        _num(result.acb_mse),
-        style="bold",
-    )
-    console.print(table)
-    summary = f"ACB-MSE {_num(result.acb_mse)}   MSE {_num(result.mse)}   MAE {_num(result.mae)}"
-    if result.omitted is not None:
-        summary += f"   ({result.omitted:,} elements with NaN/Inf left out)"
-    console.print(summary)
-
-    if result.detection is not None:
-        d = result.detection
-        det = Table(title=f"hit detection: prediction > {d.threshold:g}", title_justify="left")
-        for header in ("recall", "precision", "F1", "true pos.", "false pos.", "false neg."):
-            det.add_column(header, justify="right")
-        det.add_row(
-            _num(d.recall), _num(d.precision), _num(d.f1),
-            f"{d.true_positives:,}", f"{d.false_positives:,}", f"{d.false_negatives:,}",
-        )  # fmt: skip
-        console.print(det)
-
-    if result.worst_samples is not None:
-        worst = Table(
-            title=f"worst {len(result.worst_samples)} samples (dim 0) by ACB-MSE", title_justify="left"
+    table = Table(title=None if title is None else Text(title), title_justify="left")
+    for i, column in enumerate(columns):
+        width = None if widths is None else widths[i]
+        table.add_column(
+            _header(column.header, width),
+            justify=column.justify,
+            style=column.style,
+            width=width,
+            overflow="fold",
         )
-        worst.add_column("sample", justify="right")
-        worst.add_column("ACB-MSE", justify="right")
-        for c in result.classes:
-            worst.add_column(Text(f"MSE {c.name}"), justify="right")
-        for s in result.worst_samples:
-            worst.add_row(str(s.index), _num(s.acb_mse), *(_num(m) for m in s.class_mse))
-        console.print(worst)
+    for row in range(len(columns[0].cells)):
+        if row == grid.section_before:
+            table.add_section()
+        style = grid.row_styles[row] if grid.row_styles else None
+        table.add_row(*(Text(column.cells[row]) for column in columns), style=style)
+    return table
+
+
+def _print_grid(grid: _Grid, console: Console) -> None:
+    """Print the grid in as few tables as fit the console's width, the title over the first."""
+    title = grid.title
+    for columns in _parts(grid, console.width):
+        console.print(_rich_table(grid, columns, _fit_widths(columns, console.width), title))
+        title = None
+
+
+def _class_values(result: EvalResult) -> list[tuple[str, ...]]:
+    """Each class's statistics, then the overall ones, as printed (in the order of ``_STATISTICS``)."""
+    values: list[tuple[str, ...]] = [
+        (
+            f"{c.count:,}", _share(c.fraction), _num(c.mse), _num(c.rmse), _num(c.mae), _num(c.max_abs_error),
+            _num(c.mean_target), _num(c.mean_pred), _num(c.weight), _num(c.contribution),
+        )
+        for c in result.classes
+    ]  # fmt: skip
+    values.append(
+        (
+            f"{result.elements:,}", _share(1.0 if result.elements else None), _num(result.mse),
+            _num(None if result.mse is None else math.sqrt(result.mse)), _num(result.mae),
+            _num(result.max_abs_error), _num(result.mean_target), _num(result.mean_pred), "",
+            _num(result.acb_mse),
+        )
+    )  # fmt: skip
+    return values
+
+
+def _class_grid(result: EvalResult) -> _Grid:
+    """A row per class and the overall row, a column per statistic."""
+    values = _class_values(result)
+    names = (*(c.name for c in result.classes), OVERALL)
+    columns = (
+        _Column(("class",), names, "left"),
+        *(_Column(tuple(label.split()), tuple(v[i] for v in values)) for i, label in enumerate(_STATISTICS)),
+    )
+    n = len(result.classes)
+    styles = ("",) * n + ("bold",)
+    return _Grid(f"{result.pred} vs {result.target}", columns, keys=1, row_styles=styles, section_before=n)
+
+
+def _statistics_grid(result: EvalResult) -> _Grid:
+    """The class grid transposed: a row per statistic, a column per class and the overall column."""
+    values = _class_values(result)
+    columns = (
+        _Column(("",), _STATISTICS, "left"),
+        *(_Column((c.name,), v) for c, v in zip(result.classes, values[:-1], strict=True)),
+        _Column((OVERALL,), values[-1], style="bold"),
+    )
+    return _Grid(f"{result.pred} vs {result.target}", columns, keys=1)
+
+
+def _detection_grid(d: DetectionResult) -> _Grid:
+    cells = (_num(d.recall), _num(d.precision), _num(d.f1),
+             f"{d.true_positives:,}", f"{d.false_positives:,}", f"{d.false_negatives:,}")  # fmt: skip
+    headers = ("recall", "precision", "F1", "true pos.", "false pos.", "false neg.")
+    columns = tuple(_Column(tuple(h.split()), (c,)) for h, c in zip(headers, cells, strict=True))
+    return _Grid(f"hit detection: prediction > {d.threshold:g}", columns)
+
+
+def _worst_grid(result: EvalResult, worst: tuple[SampleResult, ...]) -> _Grid:
+    columns = (
+        _Column(("sample",), tuple(str(s.index) for s in worst)),
+        _Column(("ACB-MSE",), tuple(_num(s.acb_mse) for s in worst)),
+        *(
+            _Column(("MSE", c.name), tuple(_num(s.class_mse[i]) for s in worst))
+            for i, c in enumerate(result.classes)
+        ),
+    )
+    return _Grid(f"worst {len(worst)} samples (dim 0) by ACB-MSE", columns, keys=1)
+
+
+def _summary(result: EvalResult, width: int) -> Text:
+    """The totals line; on a narrow console a line per total, each figure kept by its name."""
+    from rich.text import Text
+
+    totals = [f"ACB-MSE {_num(result.acb_mse)}", f"MSE {_num(result.mse)}", f"MAE {_num(result.mae)}"]
+    if result.omitted is not None:
+        totals.append(f"({result.omitted:,} elements with NaN/Inf left out)")
+    return Text(_pack(totals, width, sep="   "))
+
+
+def render_table(result: EvalResult, console: Console) -> None:
+    """The human report: a row per class, the overall row and totals; detection and worst samples.
+
+    Where the console is too narrow for a row per class, the statistics are the rows and the classes
+    the columns; no table is wider than the console unless a single cell is (that cell is folded).
+    """
+    grid = _class_grid(result)
+    if _fit_widths(grid.columns, console.width) is None:
+        grid = _statistics_grid(result)
+    _print_grid(grid, console)
+    console.print(_summary(result, console.width))
+    if result.detection is not None:
+        _print_grid(_detection_grid(result.detection), console)
+    if result.worst_samples is not None:
+        _print_grid(_worst_grid(result, result.worst_samples), console)
 
 
 class DelayedProgress:
