@@ -130,7 +130,7 @@ def test_json_matches_numpy_reference(
     if chunk is not None:
         args += ["--chunk-elements", str(chunk)]
     got = eval_json(args, capsys)
-    expected = reference_report(pred, target, hit_threshold=threshold, weights=weights)
+    expected = reference_report(pred, target, hit_threshold=threshold, weights=weights, paths=args[:2])
     assert list(got) == ["pred", "target", "elements", "classes", "mse", "mae", "acb_mse"]
     assert got["pred"] == args[0] and got["target"] == args[1]
     assert [list(c) for c in got["classes"]] == [list(c) for c in expected["classes"]]
@@ -144,7 +144,8 @@ def test_threshold_compares_exactly_in_float32(tmp_path: Path, capsys: pytest.Ca
     np.save(tmp_path / "p.npy", np.zeros(4, np.float32))
     got = eval_json([tmp_path / "p.npy", tmp_path / "t.npy", "--hit-threshold", "0.1"], capsys)
     assert [c["count"] for c in got["classes"]] == [2, 2]
-    assert_close(got, reference_report(np.zeros(4), target, hit_threshold=0.1))
+    paths = (tmp_path / "p.npy", tmp_path / "t.npy")
+    assert_close(got, reference_report(np.zeros(4), target, hit_threshold=0.1, paths=paths))
 
 
 @pytest.mark.parametrize("chunk", [None, 3, 50])
@@ -164,7 +165,7 @@ def test_labels_with_an_empty_class_and_names(
     got = eval_json(args, capsys)
     expected = reference_report(
         pred.astype(np.float32), target.astype(np.float32), weights=weights, labels=labels,
-        names=("bg", "track", "shower", "noise"),
+        names=("bg", "track", "shower", "noise"), paths=args[:2],
     )  # fmt: skip
     assert_close(got, expected)
     empty = got["classes"][2]
@@ -187,7 +188,8 @@ def test_no_hits_gives_a_null_hit_class(tmp_path: Path, capsys: pytest.CaptureFi
         "weight": 7.0,
         "contribution": 0.0,
     }
-    assert_close(got, reference_report(pred, target, weights=(1.0, 7.0)))
+    paths = (tmp_path / "p.npy", tmp_path / "t.npy")
+    assert_close(got, reference_report(pred, target, weights=(1.0, 7.0), paths=paths))
     assert_close(got["acb_mse"], got["classes"][0]["mse"])
 
 
@@ -271,7 +273,8 @@ def test_per_sample_top(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         for sample, (_, loss, mses) in zip(got["worst_samples"], worst, strict=True):
             assert_close(sample["acb_mse"], loss)
             assert_close(sample["class_mse"], {"non-hit": mses[0], "hit": mses[1]})
-        assert_close(got, reference_report(pred, target, weights=(1.0, 2.0)))
+        paths = (tmp_path / "p.npy", tmp_path / "t.npy")
+        assert_close(got, reference_report(pred, target, weights=(1.0, 2.0), top=30, paths=paths))
     got = eval_json([tmp_path / "p.npy", tmp_path / "t.npy", "--per-sample"], capsys)
     assert len(got["worst_samples"]) == 10
     code, out, _ = run(["eval", tmp_path / "p.npy", tmp_path / "t.npy", "--per-sample", "--top", "3"], capsys)
@@ -345,7 +348,11 @@ def test_nan_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
             assert err == "acbmse: left out 3 elements with NaN or Inf (--nan-policy omit)\n"
             got = json.loads(out)
             assert got["omitted"] == 3
-            assert_close(got, reference_report(pred, target, omit_nonfinite=True))
+            expected = reference_report(
+                pred, target, omit_nonfinite=True, top=10 if per_sample else None,
+                paths=(tmp_path / "p.npy", tmp_path / "t.npy"),
+            )  # fmt: skip
+            assert_close(got, expected)
 
 
 def test_nan_in_one_file_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -550,7 +557,7 @@ def test_subprocess_json_and_quiet_stderr(tmp_path: Path, good: tuple[Path, Path
     )  # fmt: skip
     assert done.returncode == 0 and done.stderr == ""
     pred, target = np.load(good[0]), np.load(good[1])
-    assert_close(json.loads(done.stdout), reference_report(pred, target))
+    assert_close(json.loads(done.stdout), reference_report(pred, target, paths=good))
 
 
 def test_table_prints_user_text_verbatim(
