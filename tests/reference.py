@@ -104,8 +104,8 @@ def _groups(array: np.ndarray, per_sample: bool) -> np.ndarray:
     """``(S, M)``: one row per sample (dim 0) with ``per_sample``, else one row of everything."""
     array = np.asarray(array, dtype=np.float64)
     if per_sample:
-        return array.reshape(array.shape[0], -1)
-    return array.reshape(1, -1)
+        return array.reshape(array.shape[0], math.prod(array.shape[1:]))
+    return array.reshape(1, array.size)
 
 
 def class_stats_reference(
