@@ -27,7 +27,8 @@ def data_set() -> tuple[np.ndarray, np.ndarray]:
     NaN/Inf in both files, some of them where the other file's value would be detected or be a hit."""
     rng = np.random.default_rng(21)
     shape = (7, 3, 4)
-    target = np.where(rng.random(shape) < 0.35, rng.uniform(1.0, 30.0, shape), 0.0).astype(np.float32)
+    hits = rng.random(shape) < 0.35
+    target = np.where(hits, rng.uniform(1.0, 30.0, shape), rng.uniform(-0.4, 0.4, shape)).astype(np.float32)
     pred = (target + rng.normal(0.0, 1.0, shape)).astype(np.float32)
     above = np.nextafter(np.float32(THRESHOLD), np.float32(1.0))
     target[0, 0, :] = [THRESHOLD, above, -THRESHOLD, -above]  # non-hit, hit, non-hit, hit
