@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tables import assert_printed, parse_tables
 
 from acbmse_cli.cli import main
 from acbmse_cli.curves import compute_curves, kept_pixels, recovery_image_size
@@ -290,7 +291,10 @@ def test_csv_output(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert float(by_sweep["recovery"][17]["acb_mse"]) == 0.0
 
 
-def test_table_output_names_the_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_table_output_names_the_files(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
     out_dir = tmp_path / "new" / "figures"
     code, out, err = run_cli(capsys, "--out", str(out_dir), "--image-format", "svg")
     assert code == 0, err
@@ -299,6 +303,26 @@ def test_table_output_names_the_files(capsys: pytest.CaptureFixture[str], tmp_pa
     assert "exact recovery" in out
     assert "1666.67" in out and "8333.33" in out
     assert sorted(p.name for p in out_dir.iterdir()) == [f"{n}.svg" for n in IMAGE_NAMES]
+    # every printed point is the reference's, at its printed precision
+    signal, recovery, gradient = parse_tables(out)
+    assert signal.title == "Loss against signal size at 50% recovery"
+    assert recovery.title == "Loss against recovery (signal of 17 in 102 pixels)"
+    assert gradient.title.endswith("at 50% recovery")
+    references = (
+        (signal, reference_signal_size(100, 100.0, 0.5, 1.0, 1.0), {}),
+        (recovery, reference_recovery(100, 100.0, 1.0, 1.0), {"exact recovery": 17}),
+        (gradient, reference_gradient(100, 100.0, 0.5, 1.0), {}),
+    )
+    for table, expected, extra in references:
+        assert table.headers[0] == "point" and table.headers[2:] == ["MSE", "MAE", "ACB-MSE"]
+        last = len(expected["x"]) - 1
+        marks = {"start": 0, "middle": len(expected["x"]) // 2, "end": last, **extra}
+        assert sorted(r[0] for r in table.rows) == sorted(marks)
+        assert [r[0] for r in table.rows] == sorted(marks, key=marks.__getitem__)  # in order of x
+        for row in table.rows:
+            i = marks[row[0]]
+            for cell, key in zip(row[1:], ("x", "mse", "mae", "acb_mse"), strict=True):
+                assert_printed(cell, expected[key][i])
 
 
 # --------------------------------------------------------------------------- images

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tables import assert_fixed, parse_tables
 
 from acbmse_cli import demo as demo_lib
 from acbmse_cli.cli import app, main
@@ -282,19 +283,45 @@ def test_json_output_shape_and_nothing_else(capsys):
         assert 0.0 <= metrics["blank_fraction"] <= 1.0
 
 
-def test_losses_subset_in_the_order_given(capsys):
-    code, out, _ = run_cli(capsys, *TINY_CLI, "--format", "json", "--losses", "acb-mse, mse")
+def saved_reference(data: Path, name: str, a: float = 1.0, b: float = 1.0) -> dict:
+    """The reference metrics of the held-out set that ``--save-data`` wrote, for the model of ``name``."""
+    pred = np.load(data / f"pred_{name}.npy", allow_pickle=False)
+    target = np.load(data / "target.npy", allow_pickle=False)
+    return reference_metrics(pred, target, 10.0, a, b)
+
+
+def test_losses_subset_in_the_order_given(capsys, tmp_path):
+    code, out, _ = run_cli(
+        capsys, *TINY_CLI, "--format", "json", "--losses", "acb-mse, mse", "--hit-weight", "3",
+        "--save-data", str(tmp_path),
+    )  # fmt: skip
     assert code == 0
-    assert list(json.loads(out)) == ["acb_mse", "mse"]
+    data = json.loads(out)
+    assert list(data) == ["acb_mse", "mse"]
+    for name, metrics in data.items():
+        assert_metrics_equal(metrics, saved_reference(tmp_path, name, a=3.0))
 
 
-def test_table_output(capsys, monkeypatch):
+def test_table_output(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("COLUMNS", "120")
-    code, out, err = run_cli(capsys, *TINY_CLI, "--losses", "mse,acb_mse")
+    code, out, err = run_cli(capsys, *TINY_CLI, "--losses", "mse,acb_mse", "--save-data", str(tmp_path))
     assert code == 0 and err == ""
     assert "recall" in out and "precision" in out and "ACB-MSE" in out and "MSE" in out
     assert "MAE" not in out  # not asked for
     assert "output > 10" in out
+    (table,) = parse_tables(out)
+    assert table.headers == [
+        "loss", "recall", "precision", "F1", "blank frames", "MSE hits", "MSE non-hits", "ACB-MSE",
+    ]  # fmt: skip
+    assert [r[0] for r in table.rows] == ["MSE", "ACB-MSE"]
+    for row, name in zip(table.rows, ("mse", "acb_mse"), strict=True):
+        want = saved_reference(tmp_path, name)
+        for cell, key in zip(row[1:4], ("recall", "precision", "f1"), strict=True):
+            assert_fixed(cell, want[key], 3)
+        assert row[4] == f"{want['blank_frames']}/{want['frames']}"
+        assert_fixed(row[5], want["mse_hit"], 1)
+        assert_fixed(row[6], want["mse_nonhit"], 2)
+        assert_fixed(row[7], want["acb_mse"], 1)
 
 
 def test_progress_bars_on_a_terminal_stderr_and_quiet(capsys, monkeypatch):
@@ -398,7 +425,19 @@ def test_cli_defaults_are_the_library_defaults():
 def test_end_to_end_subprocess(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(
-        [sys.executable, "-m", "acbmse_cli", "demo", *TINY_CLI, "--format", "json", "--losses", "mse"],
+        [
+            sys.executable,
+            "-m",
+            "acbmse_cli",
+            "demo",
+            *TINY_CLI,
+            "--format",
+            "json",
+            "--losses",
+            "mse",
+            "--save-data",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -407,7 +446,9 @@ def test_end_to_end_subprocess(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
-    assert list(json.loads(proc.stdout)) == ["mse"]
+    data = json.loads(proc.stdout)
+    assert list(data) == ["mse"]
+    assert_metrics_equal(data["mse"], saved_reference(tmp_path, "mse"))
 
 
 @pytest.mark.parametrize("option", ["--out", "--save-data"])

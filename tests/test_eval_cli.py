@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from eval_reference import assert_close, reference_detection, reference_report, reference_worst
+from eval_reference import (
+    assert_close,
+    reference_detection,
+    reference_report,
+    reference_summary,
+    reference_worst,
+)
+from tables import assert_count, assert_percent, assert_printed, parse_tables
 
 from acbmse_cli.cli import main
 
@@ -130,7 +137,7 @@ def test_json_matches_numpy_reference(
     if chunk is not None:
         args += ["--chunk-elements", str(chunk)]
     got = eval_json(args, capsys)
-    expected = reference_report(pred, target, hit_threshold=threshold, weights=weights)
+    expected = reference_report(pred, target, hit_threshold=threshold, weights=weights, paths=args[:2])
     assert list(got) == ["pred", "target", "elements", "classes", "mse", "mae", "acb_mse"]
     assert got["pred"] == args[0] and got["target"] == args[1]
     assert [list(c) for c in got["classes"]] == [list(c) for c in expected["classes"]]
@@ -144,7 +151,8 @@ def test_threshold_compares_exactly_in_float32(tmp_path: Path, capsys: pytest.Ca
     np.save(tmp_path / "p.npy", np.zeros(4, np.float32))
     got = eval_json([tmp_path / "p.npy", tmp_path / "t.npy", "--hit-threshold", "0.1"], capsys)
     assert [c["count"] for c in got["classes"]] == [2, 2]
-    assert_close(got, reference_report(np.zeros(4), target, hit_threshold=0.1))
+    paths = (tmp_path / "p.npy", tmp_path / "t.npy")
+    assert_close(got, reference_report(np.zeros(4), target, hit_threshold=0.1, paths=paths))
 
 
 @pytest.mark.parametrize("chunk", [None, 3, 50])
@@ -164,7 +172,7 @@ def test_labels_with_an_empty_class_and_names(
     got = eval_json(args, capsys)
     expected = reference_report(
         pred.astype(np.float32), target.astype(np.float32), weights=weights, labels=labels,
-        names=("bg", "track", "shower", "noise"),
+        names=("bg", "track", "shower", "noise"), paths=args[:2],
     )  # fmt: skip
     assert_close(got, expected)
     empty = got["classes"][2]
@@ -187,7 +195,8 @@ def test_no_hits_gives_a_null_hit_class(tmp_path: Path, capsys: pytest.CaptureFi
         "weight": 7.0,
         "contribution": 0.0,
     }
-    assert_close(got, reference_report(pred, target, weights=(1.0, 7.0)))
+    paths = (tmp_path / "p.npy", tmp_path / "t.npy")
+    assert_close(got, reference_report(pred, target, weights=(1.0, 7.0), paths=paths))
     assert_close(got["acb_mse"], got["classes"][0]["mse"])
 
 
@@ -214,6 +223,9 @@ def test_csv_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert math.isclose(float(overall[4]), math.sqrt(expected["mse"]), rel_tol=1e-9)
     assert math.isclose(float(overall[5]), expected["mae"], rel_tol=1e-9)
     assert math.isclose(float(overall[10]), expected["acb_mse"], rel_tol=1e-9)
+    summary = reference_summary(pred, target, weights=(1.0, 2.0))
+    for column, text in zip(rows[0][2:9], overall[2:9], strict=True):
+        assert math.isclose(float(text), summary[column], rel_tol=1e-9, abs_tol=1e-12), column
 
 
 def test_table_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -247,6 +259,16 @@ def test_table_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         )
     overall = next(line for line in out.splitlines() if "overall" in line)
     assert float(overall.strip("│").split("│")[-1]) == pytest.approx(expected["acb_mse"], rel=1e-5)
+    summary = reference_summary(pred, target)
+    (table,) = parse_tables(out)
+    cells = table.row("overall")
+    assert_count(cells[1], summary["elements"])
+    assert_percent(cells[2], summary["fraction"])
+    for cell, key in zip(
+        cells[3:9], ("mse", "rmse", "mae", "max_abs_error", "mean_target", "mean_pred"), strict=True
+    ):
+        assert_printed(cell, summary[key])
+    assert cells[9] == ""
     summary = next(line for line in out.splitlines() if line.startswith("ACB-MSE"))
     numbers = [float(w) for w in summary.split()[1::2]]
     assert numbers == pytest.approx([expected["acb_mse"], expected["mse"], expected["mae"]], rel=1e-5)
@@ -271,11 +293,21 @@ def test_per_sample_top(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         for sample, (_, loss, mses) in zip(got["worst_samples"], worst, strict=True):
             assert_close(sample["acb_mse"], loss)
             assert_close(sample["class_mse"], {"non-hit": mses[0], "hit": mses[1]})
-        assert_close(got, reference_report(pred, target, weights=(1.0, 2.0)))
+        paths = (tmp_path / "p.npy", tmp_path / "t.npy")
+        assert_close(got, reference_report(pred, target, weights=(1.0, 2.0), top=30, paths=paths))
     got = eval_json([tmp_path / "p.npy", tmp_path / "t.npy", "--per-sample"], capsys)
     assert len(got["worst_samples"]) == 10
     code, out, _ = run(["eval", tmp_path / "p.npy", tmp_path / "t.npy", "--per-sample", "--top", "3"], capsys)
     assert code == 0 and "worst 3 samples" in out
+    worst_table = parse_tables(out)[-1]
+    assert worst_table.title == "worst 3 samples (dim 0) by ACB-MSE"
+    assert worst_table.headers == ["sample", "ACB-MSE", "MSE non-hit", "MSE hit"]
+    assert len(worst_table.rows) == 3
+    for row, (index, loss, mses) in zip(worst_table.rows, reference_worst(pred, target, 3), strict=True):
+        assert int(row[0]) == index
+        assert_printed(row[1], loss)
+        for cell, mse in zip(row[2:], mses, strict=True):
+            assert_printed(cell, mse)
     code, out, _ = run(
         ["eval", tmp_path / "p.npy", tmp_path / "t.npy", "--per-sample", "--top", "2", "--format", "csv"],
         capsys,
@@ -283,6 +315,9 @@ def test_per_sample_top(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     block = out.split("\n\n")[1].splitlines()
     assert block[0] == "sample,acb_mse,mse_non-hit,mse_hit"
     assert [int(r.split(",")[0]) for r in block[1:]] == [w[0] for w in reference_worst(pred, target, 2)]
+    for line, (_, loss, mses) in zip(block[1:], reference_worst(pred, target, 2), strict=True):
+        cells = line.split(",")
+        assert_close([float(c) if c else None for c in cells[1:]], [loss, *mses])
 
 
 def test_detect_threshold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -298,8 +333,18 @@ def test_detect_threshold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         )  # fmt: skip
         assert_close(got["detection"], reference_detection(pred, target, detect, threshold))
     assert got["detection"]["precision"] is None and got["detection"]["recall"] == 0.0  # nothing detected
-    code, out, _ = run(["eval", tmp_path / "p.npy", tmp_path / "t.npy", "--detect-threshold", "5"], capsys)
-    assert code == 0 and "prediction > 5" in out and "recall" in out
+    code, out, _ = run(["eval", tmp_path / "p.npy", tmp_path / "t.npy", "--detect-threshold", "1.5"], capsys)
+    assert code == 0 and "prediction > 1.5" in out and "recall" in out
+    detection = parse_tables(out)[-1]
+    assert detection.title == "hit detection: prediction > 1.5"
+    assert detection.headers == ["recall", "precision", "F1", "true pos.", "false pos.", "false neg."]
+    (row,) = detection.rows
+    expected = reference_detection(pred, target, 1.5)
+    assert expected["true_positives"] and expected["false_positives"]
+    for cell, key in zip(row[:3], ("recall", "precision", "f1"), strict=True):
+        assert_printed(cell, expected[key])
+    for cell, key in zip(row[3:], ("true_positives", "false_positives", "false_negatives"), strict=True):
+        assert_count(cell, expected[key])
 
 
 def test_fail_above_is_a_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -345,7 +390,11 @@ def test_nan_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
             assert err == "acbmse: left out 3 elements with NaN or Inf (--nan-policy omit)\n"
             got = json.loads(out)
             assert got["omitted"] == 3
-            assert_close(got, reference_report(pred, target, omit_nonfinite=True))
+            expected = reference_report(
+                pred, target, omit_nonfinite=True, top=10 if per_sample else None,
+                paths=(tmp_path / "p.npy", tmp_path / "t.npy"),
+            )  # fmt: skip
+            assert_close(got, expected)
 
 
 def test_nan_in_one_file_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -550,7 +599,7 @@ def test_subprocess_json_and_quiet_stderr(tmp_path: Path, good: tuple[Path, Path
     )  # fmt: skip
     assert done.returncode == 0 and done.stderr == ""
     pred, target = np.load(good[0]), np.load(good[1])
-    assert_close(json.loads(done.stdout), reference_report(pred, target))
+    assert_close(json.loads(done.stdout), reference_report(pred, target, paths=good))
 
 
 def test_table_prints_user_text_verbatim(

@@ -49,7 +49,10 @@ def test_chunked_equals_unchunked(tmp_path: Path, layout: str, per_sample: bool)
         per_sample=per_sample, top=9 if per_sample else None, detect_threshold=3.0, nan_policy="omit"
     )
     whole = evaluate_files(*paths, **options, chunk_elements=10**6).to_dict()  # type: ignore[arg-type]
-    assert_close(whole, reference_report(pred, target, omit_nonfinite=True))
+    expected = reference_report(
+        pred, target, omit_nonfinite=True, detect_threshold=3.0, top=9 if per_sample else None, paths=paths
+    )
+    assert_close(whole, expected)
     assert whole["omitted"] == 2
     for chunk in (1, 3, 7, 19, 20, 21, 45, 100):
         got = evaluate_files(*paths, **options, chunk_elements=chunk).to_dict()  # type: ignore[arg-type]
@@ -69,7 +72,9 @@ def test_file_much_larger_than_a_chunk(tmp_path: Path) -> None:
     )
     assert len(calls) == 300 // 14 + 1  # 14 rows of 70 per chunk
     assert [d for d, _ in calls] == sorted({d for d, _ in calls}) and calls[-1] == (21000, 21000)
-    assert_close(result.to_dict(), reference_report(pred, target))
+    assert_close(
+        result.to_dict(), reference_report(pred, target, paths=(tmp_path / "p.npy", tmp_path / "t.npy"))
+    )
 
 
 def test_per_sample_with_samples_larger_than_a_chunk(tmp_path: Path) -> None:
@@ -89,7 +94,15 @@ def test_per_sample_with_samples_larger_than_a_chunk(tmp_path: Path) -> None:
         for sample, (_, loss, mses) in zip(result.worst_samples, worst, strict=True):
             assert_close(sample.acb_mse, loss)
             assert_close(list(sample.class_mse), mses)
-        assert_close(result.to_dict(), reference_report(pred, target, weights=weights, labels=labels))
+        expected = reference_report(
+            pred,
+            target,
+            weights=weights,
+            labels=labels,
+            top=4,
+            paths=(tmp_path / "p.npy", tmp_path / "t.npy"),
+        )
+        assert_close(result.to_dict(), expected)
 
 
 def test_detection_over_chunks(tmp_path: Path) -> None:

@@ -134,20 +134,20 @@ def test_small_frames_and_config_options():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "match"),
     [
-        {"height": 4},
-        {"width": 7.5},
-        {"tof_min": 0.0},
-        {"tof_min": 50.0, "tof_max": 40.0},
-        {"scale_min": 2.0, "scale_max": 1.0},
-        {"noise_hits": -1.0},
-        {"noise_hits": float("nan")},
-        {"cross_fraction": 1.5},
+        ({"height": 4}, r"frame height must be an integer of at least 8, got 4$"),
+        ({"width": 7.5}, r"frame width must be an integer of at least 8, got 7\.5$"),
+        ({"tof_min": 0.0}, r"need 0 < tof_min < tof_max, got 0\.0 and 100\.0$"),
+        ({"tof_min": 50.0, "tof_max": 40.0}, r"need 0 < tof_min < tof_max, got 50\.0 and 40\.0$"),
+        ({"scale_min": 2.0, "scale_max": 1.0}, r"need 0 < scale_min <= scale_max, got 2\.0 and 1\.0$"),
+        ({"noise_hits": -1.0}, r"noise_hits must be a finite non-negative number, got -1\.0$"),
+        ({"noise_hits": float("nan")}, r"noise_hits must be a finite non-negative number, got nan$"),
+        ({"cross_fraction": 1.5}, r"cross_fraction must lie in \[0, 1\], got 1\.5$"),
     ],
 )
-def test_bad_config_is_refused(kwargs):
-    with pytest.raises(InputError):
+def test_bad_config_is_refused(kwargs, match):
+    with pytest.raises(InputError, match=match):
         SyntheticConfig(**kwargs)
 
 
