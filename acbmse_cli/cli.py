@@ -1,8 +1,16 @@
 """The ``acbmse`` command line: a thin Typer layer over the library.
 
-Commands parse their options, call the library and render; nothing is
-computed here.  torch and matplotlib are imported inside the commands, never
-at module level, so ``acbmse --help`` answers at once.
+Every option is declared once, as ``Annotated[type, typer.Option(...)]``; options that several
+commands take are shared aliases, fixed choices are ``Literal`` (so ``--help`` lists them and a
+wrong value gets the parser's own message), and long lists sit in help panels.  The commands
+build the library's options object, call the library and render: nothing is computed here.
+torch and matplotlib are imported inside the commands, never at module level, so ``acbmse
+--help`` answers at once.
+
+Streams: stdout carries the report or the data only; progress, notes ("Wrote FILE") and
+errors go to stderr.  Exit codes: 0 ok, 1 only for a failed quality gate (``eval
+--fail-above``), 2 for bad usage or bad input (one line, ``acbmse: error: ...``), a write
+error on stdout included.
 """
 
 from __future__ import annotations
@@ -12,9 +20,10 @@ import math
 import os
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from acbmse_cli._version import __version__
 from acbmse_cli.errors import InputError
@@ -22,18 +31,77 @@ from acbmse_cli.errors import InputError
 if TYPE_CHECKING:
     from acbmse_cli.evaluate import EvalOptions, EvalResult
 
+
+class _Command(TyperCommand):
+    """A command whose flags show no value placeholder in ``--help``, and whose usage line names
+    its arguments plainly (``PRED TARGET``)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces: list[str] = super().collect_usage_pieces(ctx)
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
+
+
+class _Group(TyperGroup):
+    """The command group, with the same help conventions as its commands."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
+
+
+def _bare_flags(params: list[Any]) -> list[Any]:
+    for param in params:
+        if getattr(param, "is_flag", False) and getattr(param, "metavar", "") is None:
+            param.metavar = ""  # a flag takes no value: nothing to show after its name
+    return params
+
+
 app = typer.Typer(
     name="acbmse",
+    cls=_Group,
     help=(
         "ACB-MSE (automatic class-balanced MSE) for sparse images: regenerate the loss-response "
         "figures, evaluate stored predictions per class, and run the training demo.\n\n"
         "Exit codes: 0 ok, 1 a quality gate failed (eval --fail-above), 2 bad usage or bad input."
     ),
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+# --------------------------------------------------------------------------- shared declarations
+
+INPUT, CLASSES, DETECTION, OUTPUT, EXECUTION = "Input", "Classes", "Detection", "Output", "Execution"
+SWEEPS, TRAINING = "Sweeps", "Training"
+
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where the arithmetic runs: auto (CUDA when present), cpu, cuda or cuda:N.",
+        rich_help_panel=EXECUTION,
+    ),
+]
+HitWeightOption = Annotated[
+    float,
+    typer.Option(
+        "--hit-weight", help="A: the ACB-MSE weight of the hit class (>= 0).", rich_help_panel=CLASSES
+    ),
+]
+NonhitWeightOption = Annotated[
+    float,
+    typer.Option(
+        "--nonhit-weight", help="B: the ACB-MSE weight of the non-hit class (>= 0).", rich_help_panel=CLASSES
+    ),
+]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.", rich_help_panel=OUTPUT)
+]
+TableJsonCsv = Literal["table", "json", "csv"]
+TableJson = Literal["table", "json"]
+_FORMAT_HELP = "What stdout carries: a rich table, or the numbers as JSON"
 
 
 def _version_callback(value: bool) -> None:
@@ -44,84 +112,109 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Optional[bool] = typer.Option(  # noqa: UP045 - typer reads the annotation
-        None, "--version", help="Print the version and exit.", callback=_version_callback, is_eager=True
-    ),
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_version_callback, is_eager=True
+        ),
+    ] = False,
 ) -> None:
     """ACB-MSE tools."""
-
-
-# Commands are registered below, one section each; each imports what it needs inside.
 
 
 # --------------------------------------------------------------------------- eval
 
 
-@app.command("eval")
+EVAL_HELP = (
+    "Per-class error report of stored predictions against targets (MSE, MAE, ACB-MSE...).\n\n"
+    "The files are streamed in chunks (any size, bounded memory) and the statistics summed in float64. "
+    "Under torchrun (python -m torch.distributed.run --nproc-per-node N -m acbmse_cli eval ...) the "
+    "processes split the work and rank 0 prints.\n\n"
+    "Exit codes: 0 ok; 1 the ACB-MSE is above --fail-above; 2 bad usage or bad input (a missing, "
+    "corrupt or mismatched file, NaN/Inf without --nan-policy omit, a bad option)."
+)
+
+
+@app.command("eval", cls=_Command, help=EVAL_HELP)
 def eval_command(
-    pred: str = typer.Argument(..., help="Predictions: .npy, .npz or .pt (a tensor, or a dict of tensors)."),
-    target: str = typer.Argument(..., help="Ground truth of the same shape, same formats."),
-    pred_key: Optional[str] = typer.Option(  # noqa: UP045 - typer reads the annotation
-        None, "--pred-key", help="Which array of a PRED .npz (or entry of a .pt dict) to read."
-    ),
-    target_key: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--target-key", help="Which array of a TARGET .npz (or entry of a .pt dict) to read."
-    ),
-    hit_threshold: Optional[float] = typer.Option(  # noqa: UP045
-        None, "--hit-threshold", help="Hits are the elements with |target| > this (default 0)."
-    ),
-    hit_weight: Optional[float] = typer.Option(  # noqa: UP045
-        None, "--hit-weight", help="A: weight of the hit class (default 1)."
-    ),
-    nonhit_weight: Optional[float] = typer.Option(  # noqa: UP045
-        None, "--nonhit-weight", help="B: weight of the non-hit class (default 1)."
-    ),
-    labels: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--labels", help="n classes: a file of integer labels in [0, n), the target's shape."
-    ),
-    class_weights: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--class-weights", help="With --labels: one weight per class, e.g. 0.2,1,3."
-    ),
-    class_names: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--class-names", help="Names of the classes in label order, e.g. bg,track,shower."
-    ),
-    output_format: str = typer.Option("table", "--format", help="table (rich), json or csv, on stdout."),
-    per_sample: bool = typer.Option(
-        False, "--per-sample", help="Also list the samples (dim 0) with the worst ACB-MSE."
-    ),
-    top: Optional[int] = typer.Option(  # noqa: UP045
-        None, "--top", help="How many worst samples --per-sample lists (default 10)."
-    ),
-    detect_threshold: Optional[float] = typer.Option(  # noqa: UP045
-        None,
-        "--detect-threshold",
-        help="Also report recall, precision and F1 of 'prediction > T' against the true hits.",
-    ),
-    fail_above: Optional[float] = typer.Option(  # noqa: UP045
-        None, "--fail-above", help="Exit with code 1 when the ACB-MSE is above this (a CI gate)."
-    ),
-    nan_policy: str = typer.Option(
-        "raise",
-        "--nan-policy",
-        help="NaN/Inf in either file: raise (an error saying how many, and where) or omit (leave them out).",
-    ),
-    device: str = typer.Option(
-        "auto", "--device", help="Where the arithmetic runs: auto (CUDA when present), cpu, cuda, cuda:N."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    chunk_elements: Optional[int] = typer.Option(  # noqa: UP045
-        None, "--chunk-elements", hidden=True, help="Elements per chunk (for tests)."
-    ),
+    ctx: typer.Context,
+    pred: Annotated[
+        str,
+        typer.Argument(metavar="PRED", help="Predictions: .npy, .npz or .pt (a tensor, or a dict of them)."),
+    ],
+    target: Annotated[
+        str, typer.Argument(metavar="TARGET", help="Ground truth of the same shape and formats.")
+    ],
+    pred_key: Annotated[
+        str | None,
+        typer.Option(help="Which array of a PRED .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
+    ] = None,
+    target_key: Annotated[
+        str | None,
+        typer.Option(help="Which array of a TARGET .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
+    ] = None,
+    nan_policy: Annotated[
+        Literal["raise", "omit"],
+        typer.Option(
+            help="NaN/Inf in either file: raise (an error saying how many and where) or omit (leave out).",
+            rich_help_panel=INPUT,
+        ),
+    ] = "raise",
+    hit_threshold: Annotated[
+        float, typer.Option(help="Hits are the elements with |target| > this.", rich_help_panel=CLASSES)
+    ] = 0.0,
+    hit_weight: HitWeightOption = 1.0,
+    nonhit_weight: NonhitWeightOption = 1.0,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            help="n classes instead: a file of integer labels in [0, n), the target's shape.",
+            rich_help_panel=CLASSES,
+        ),
+    ] = None,
+    class_weights: Annotated[
+        str | None,
+        typer.Option(help="With --labels: one weight per class, e.g. 0.2,1,3.", rich_help_panel=CLASSES),
+    ] = None,
+    class_names: Annotated[
+        str | None,
+        typer.Option(help="Class names in label order, e.g. bg,track,shower.", rich_help_panel=CLASSES),
+    ] = None,
+    detect_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Also report recall, precision and F1 of 'prediction > T' against the true hits.",
+            rich_help_panel=DETECTION,
+        ),
+    ] = None,
+    output_format: Annotated[
+        TableJsonCsv, typer.Option("--format", help=f"{_FORMAT_HELP} or CSV.", rich_help_panel=OUTPUT)
+    ] = "table",
+    per_sample: Annotated[
+        bool,
+        typer.Option(
+            "--per-sample",
+            help="Also list the samples (dim 0) with the worst ACB-MSE.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
+    top: Annotated[
+        int, typer.Option(help="How many worst samples --per-sample lists.", rich_help_panel=OUTPUT)
+    ] = 10,
+    fail_above: Annotated[
+        float | None,
+        typer.Option(
+            help="Exit with code 1 when the ACB-MSE is above this (a CI gate).", rich_help_panel=OUTPUT
+        ),
+    ] = None,
+    quiet: QuietOption = False,
+    device: DeviceOption = "auto",
+    chunk_elements: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="Elements per chunk (for tests)."),
+    ] = None,
 ) -> None:
-    """Per-class error report of stored predictions against targets (MSE, MAE, ACB-MSE...).
-
-    The files are streamed in chunks (any size, bounded memory) and the statistics summed in
-    float64.  Under torchrun (python -m torch.distributed.run --nproc-per-node N -m acbmse_cli
-    eval ...) the processes split the work and rank 0 prints.
-
-    Exit codes: 0 ok; 1 the ACB-MSE is above --fail-above; 2 bad usage or bad input (a missing,
-    corrupt or mismatched file, NaN/Inf without --nan-policy omit, a bad option).
-    """
+    """``acbmse eval``: see :data:`EVAL_HELP`."""
     from acbmse_cli.evaluate import (
         EvalOptions,
         finish_distributed,
@@ -130,23 +223,25 @@ def eval_command(
         parse_numbers,
     )
 
-    _check_report_options(output_format, fail_above)
+    if fail_above is not None and math.isnan(fail_above):
+        raise InputError("--fail-above must be a number, got nan")
+    given = _given_options(ctx)
     rank, _ = init_distributed()
     try:
         with _errors_said_by_rank_zero(rank):
-            weights = None if class_weights is None else parse_numbers(class_weights, "--class-weights")
-            names = None if class_names is None else parse_names(class_names, "--class-names")
             options = EvalOptions(
                 pred_key=pred_key,
                 target_key=target_key,
                 labels=labels,
-                hit_threshold=hit_threshold,
-                hit_weight=hit_weight,
-                nonhit_weight=nonhit_weight,
-                class_weights=weights,
-                class_names=names,
+                hit_threshold=given(hit_threshold=hit_threshold),
+                hit_weight=given(hit_weight=hit_weight),
+                nonhit_weight=given(nonhit_weight=nonhit_weight),
+                class_weights=None
+                if class_weights is None
+                else parse_numbers(class_weights, "--class-weights"),
+                class_names=None if class_names is None else parse_names(class_names, "--class-names"),
                 per_sample=per_sample,
-                top=top,
+                top=given(top=top),
                 detect_threshold=detect_threshold,
                 nan_policy=nan_policy,
                 device=device,
@@ -160,11 +255,16 @@ def eval_command(
     _apply_gate(result.acb_mse, fail_above, speak=rank == 0)
 
 
-def _check_report_options(output_format: str, fail_above: float | None) -> None:
-    if output_format not in ("table", "json", "csv"):
-        raise InputError(f"--format must be table, json or csv, got {output_format!r}")
-    if fail_above is not None and math.isnan(fail_above):
-        raise InputError("--fail-above must be a number, got nan")
+def _given_options(ctx: typer.Context) -> Any:
+    """``given(name=value)``: the value when the user gave the option, None when it is the default
+    (the library tells a default from a choice, to refuse options that do not apply)."""
+
+    def given(**option: Any) -> Any:
+        ((name, value),) = option.items()
+        source = ctx.get_parameter_source(name)
+        return None if source is None or source.name == "DEFAULT" else value
+
+    return given
 
 
 @contextlib.contextmanager
@@ -190,25 +290,18 @@ def _evaluate_with_progress(pred: str, target: str, options: EvalOptions, *, sho
 
 
 def _print_report(result: EvalResult, output_format: str) -> None:
-    """The report on stdout (a note on stderr for omitted elements); a reader that stops reading
-    (``| head``) is not an error."""
+    """The report on stdout (a note on stderr for omitted elements)."""
     from acbmse_cli.report import render_csv, render_json, render_table, stdout_console
 
     if result.omitted:
         sys.stderr.write(f"acbmse: left out {result.omitted} elements with NaN or Inf (--nan-policy omit)\n")
-    try:
+    with _stdout_guard():
         if output_format == "json":
             sys.stdout.write(render_json(result))
         elif output_format == "csv":
             sys.stdout.write(render_csv(result))
         else:
             render_table(result, stdout_console())
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Point stdout at devnull so that the final flush at exit cannot fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 def _apply_gate(score: float, fail_above: float | None, *, speak: bool) -> None:
@@ -224,126 +317,162 @@ def _apply_gate(score: float, fail_above: float | None, *, speak: bool) -> None:
 # --------------------------------------------------------------------------- curves
 
 
-@app.command()
-def curves(
-    hit_weight: float = typer.Option(1.0, "--hit-weight", help="A: ACB-MSE weight of the hit class (>= 0)."),
-    nonhit_weight: float = typer.Option(
-        1.0, "--nonhit-weight", help="B: ACB-MSE weight of the non-hit class (>= 0)."
-    ),
-    value: float = typer.Option(
-        100.0, "--value", help="ToF value of a hit pixel, 1e-100 to 1e100; other pixels are 0."
-    ),
-    recovery: float = typer.Option(
-        0.5,
-        "--recovery",
-        help=(
-            "Share of the hit pixels the prediction keeps in figures 1 and 3, in [0, 1]. "
-            "Kept pixels = recovery x hit pixels, rounded to the nearest pixel (halves up)."
-        ),
-    ),
-    pixels: int = typer.Option(
-        100,
-        "--pixels",
-        help=(
-            "Image size of figures 1 and 3, 2 to 10000 (the signal grows 2, 4, ... pixels up to all). "
-            "Figure 2 uses the nearest multiple of 6, so that its signal is exactly a sixth of the image."
-        ),
-    ),
-    device: str = typer.Option(
-        "auto", "--device", help="Where the arithmetic runs: auto (CUDA when present), cpu, cuda, cuda:N."
-    ),
-    out: str = typer.Option("Images", "--out", help="Folder for the figures, created if missing."),
-    image_format: Literal["png", "svg", "pdf"] = typer.Option(
-        "png", "--image-format", help="Image file format."
-    ),
-    output_format: Literal["table", "json", "csv"] = typer.Option(
-        "table",
-        "--format",
-        help="stdout: rich tables of telling points (table), or all the numbers (json, csv).",
-    ),
-) -> None:
-    """Regenerate the loss-response figures (loss_curve_1/2/3) from the project's own loss code.
+CURVES_HELP = (
+    "Regenerate the loss-response figures (loss_curve_1/2/3) from the project's own loss code.\n\n"
+    "1: loss against signal size at a fixed recovery (ACB-MSE flat, MSE and MAE growing). "
+    "2: loss against recovery and overshoot (none returned, exact recovery, whole image lit). "
+    "3: gradient mass on the signal, sum over hit pixels of |d loss / d prediction|, along sweep 1."
+)
 
-    1: loss against signal size at a fixed recovery (ACB-MSE flat, MSE and MAE growing).
-    2: loss against recovery and overshoot (none returned, exact recovery, whole image lit).
-    3: gradient mass on the signal, sum over hit pixels of |d loss / d prediction|, along sweep 1.
-    """
+
+@app.command(cls=_Command, help=CURVES_HELP)
+def curves(
+    hit_weight: HitWeightOption = 1.0,
+    nonhit_weight: NonhitWeightOption = 1.0,
+    value: Annotated[
+        float,
+        typer.Option(
+            help="ToF value of a hit pixel, 1e-100 to 1e100; other pixels are 0.", rich_help_panel=SWEEPS
+        ),
+    ] = 100.0,
+    recovery: Annotated[
+        float,
+        typer.Option(
+            help=(
+                "Share of the hit pixels the prediction keeps in figures 1 and 3, in [0, 1]. "
+                "Kept pixels = recovery x hit pixels, rounded to the nearest pixel (halves up)."
+            ),
+            rich_help_panel=SWEEPS,
+        ),
+    ] = 0.5,
+    pixels: Annotated[
+        int,
+        typer.Option(
+            help=(
+                "Image size of figures 1 and 3, 2 to 10000 (the signal grows 2, 4, ... pixels up to all). "
+                "Figure 2 uses the nearest multiple of 6, so that its signal is exactly a sixth of the image."
+            ),
+            rich_help_panel=SWEEPS,
+        ),
+    ] = 100,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder for the figures, created if missing. Default: Images with --format table; "
+            "with json or csv, figures are written only where --out is given.",
+            show_default=False,
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    image_format: Annotated[
+        Literal["png", "svg", "pdf"], typer.Option(help="Image file format.", rich_help_panel=OUTPUT)
+    ] = "png",
+    output_format: Annotated[
+        TableJsonCsv,
+        typer.Option(
+            "--format",
+            help="What stdout carries: rich tables of telling points, or all the numbers as JSON or CSV.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = "table",
+    device: DeviceOption = "auto",
+) -> None:
     from acbmse_cli._files import OutputDir
     from acbmse_cli.curves import CurvesOptions, run_curves
     from acbmse_cli.devices import resolve_device
-    from acbmse_cli.plots import write_figures
-    from acbmse_cli.report import render_curves_table, render_written
 
     options = CurvesOptions(
         hit_weight=hit_weight, nonhit_weight=nonhit_weight, value=value, recovery=recovery, pixels=pixels
     )
-    folder = OutputDir(out, option="--out")
+    if out is None and output_format == "table":
+        out = "Images"
+    folder = None if out is None else OutputDir(out, option="--out")
     data = run_curves(options, device=resolve_device(device))
-    written = write_figures(data, folder, image_format)
-    if output_format == "json":
-        sys.stdout.write(data.to_json() + "\n")
-    elif output_format == "csv":
-        sys.stdout.write(data.to_csv())
-    else:
-        from rich.console import Console
+    if folder is not None:
+        from acbmse_cli.plots import write_figures
 
-        console = Console()
-        render_curves_table(data, console)
-        render_written(written, console)
+        _tell_written(write_figures(data, folder, image_format))
+    with _stdout_guard():
+        if output_format == "json":
+            sys.stdout.write(data.to_json() + "\n")
+        elif output_format == "csv":
+            sys.stdout.write(data.to_csv())
+        else:
+            from acbmse_cli.report import render_curves_table, stdout_console
+
+            render_curves_table(data, stdout_console())
 
 
 # --------------------------------------------------------------------------- demo
 
 
-@app.command()
-def demo(
-    steps: int = typer.Option(1000, "--steps", help="Optimiser steps per loss (>= 1)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Frames per training step (>= 1)."),
-    seed: int = typer.Option(
-        0, "--seed", help="Seeds the data and the initial weights (0 to 2**63 - 1); CPU runs repeat exactly."
-    ),
-    device: str = typer.Option(
-        "auto", "--device", help="Where to train: auto (CUDA when present), cpu, cuda, cuda:N or mps."
-    ),
-    losses: str = typer.Option(
-        "mse,mae,acb_mse", "--losses", help="Comma-separated subset of mse, mae, acb_mse, in table order."
-    ),
-    hit_weight: float = typer.Option(1.0, "--hit-weight", help="A: ACB-MSE weight of the hit class (>= 0)."),
-    nonhit_weight: float = typer.Option(
-        1.0, "--nonhit-weight", help="B: ACB-MSE weight of the non-hit class (>= 0)."
-    ),
-    eval_frames: int = typer.Option(200, "--eval-frames", help="Frames in the held-out set (>= 1)."),
-    out: Optional[str] = typer.Option(  # noqa: UP045 - typer reads the annotation
-        None, "--out", help="Folder for the figure demo.png (held-out frames and loss curves)."
-    ),
-    save_data: Optional[str] = typer.Option(  # noqa: UP045 - typer reads the annotation
-        None,
-        "--save-data",
-        help=(
-            "Folder for the held-out set as .npy files: input.npy, target.npy and pred_<loss>.npy, "
-            "float32 (N, 1, H, W); e.g. acbmse eval DIR/pred_acb_mse.npy DIR/target.npy."
-        ),
-    ),
-    output_format: Literal["table", "json"] = typer.Option(
-        "table", "--format", help="stdout: a rich table (table) or one JSON object {loss: {metric: value}}."
-    ),
-    threads: Optional[int] = typer.Option(  # noqa: UP045 - typer reads the annotation
-        None, "--threads", help="torch CPU threads (default: half the CPUs available, 1 to 4)."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars on stderr."),
-    frame_size: str = typer.Option("88x128", "--frame-size", hidden=True),
-) -> None:
-    """Train one small denoising autoencoder per loss (MSE, MAE, ACB-MSE) on synthetic detector frames.
+DEMO_HELP = (
+    "Train one small denoising autoencoder per loss (MSE, MAE, ACB-MSE) on synthetic detector frames.\n\n"
+    "Same initial weights, batches, optimiser and steps for every loss. Each model is then scored on a "
+    "held-out set: hit recall, precision, F1 (a hit is detected where the output is above 10, half the "
+    "smallest hit value), the share of blank outputs (no pixel above 10), MSE per class."
+)
 
-    Same initial weights, batches, optimiser and steps for every loss.
-    Each model is then scored on a held-out set: hit recall, precision, F1
-    (a hit is detected where the output is above 10, half the smallest hit
-    value), the share of blank outputs (no pixel above 10), MSE per class.
-    """
+
+@app.command(cls=_Command, help=DEMO_HELP)
+def demo(
+    steps: Annotated[
+        int, typer.Option(help="Optimiser steps per loss (>= 1).", rich_help_panel=TRAINING)
+    ] = 1000,
+    batch_size: Annotated[
+        int, typer.Option(help="Frames per training step (>= 1).", rich_help_panel=TRAINING)
+    ] = 16,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seeds the data and the initial weights (0 to 2**63 - 1); CPU runs repeat exactly.",
+            rich_help_panel=TRAINING,
+        ),
+    ] = 0,
+    losses: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated subset of mse, mae, acb_mse, in table order.", rich_help_panel=TRAINING
+        ),
+    ] = "mse,mae,acb_mse",
+    hit_weight: HitWeightOption = 1.0,
+    nonhit_weight: NonhitWeightOption = 1.0,
+    eval_frames: Annotated[
+        int, typer.Option(help="Frames in the held-out set (>= 1).", rich_help_panel=TRAINING)
+    ] = 200,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder for the figure demo.png (held-out frames and loss curves).", rich_help_panel=OUTPUT
+        ),
+    ] = None,
+    save_data: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Folder for the held-out set as .npy files: input.npy, target.npy and pred_<loss>.npy, "
+                "float32 (N, 1, H, W); e.g. acbmse eval DIR/pred_acb_mse.npy DIR/target.npy."
+            ),
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    output_format: Annotated[
+        TableJson, typer.Option("--format", help=f"{_FORMAT_HELP}.", rich_help_panel=OUTPUT)
+    ] = "table",
+    quiet: QuietOption = False,
+    device: DeviceOption = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="torch CPU threads (default: half the CPUs available, 1 to 4).", rich_help_panel=EXECUTION
+        ),
+    ] = None,
+    frame_size: Annotated[str, typer.Option(hidden=True)] = "88x128",
+) -> None:
     from acbmse_cli._files import OutputDir
     from acbmse_cli.demo import DemoOptions, parse_frame_size, parse_losses, run_demo, save_outputs
     from acbmse_cli.devices import resolve_device
-    from acbmse_cli.report import TrainingProgress, render_demo_table, render_written
+    from acbmse_cli.report import TrainingProgress, render_demo_table, stdout_console
 
     height, width = parse_frame_size(frame_size)
     options = DemoOptions(
@@ -363,43 +492,108 @@ def demo(
     torch_device = resolve_device(device)
     with TrainingProgress(options.losses, options.steps, enabled=not quiet) as progress:
         result = run_demo(options, device=torch_device, progress=progress.callback)
-    written = save_outputs(result, data_dir=data_dir, figure_dir=figure_dir)
-    if output_format == "json":
-        import json
+    _tell_written(save_outputs(result, data_dir=data_dir, figure_dir=figure_dir))
+    with _stdout_guard():
+        if output_format == "json":
+            sys.stdout.write(result.to_json() + "\n")
+        else:
+            render_demo_table(result, stdout_console())
 
-        sys.stdout.write(json.dumps(result.metrics(), indent=2) + "\n")
-    else:
-        from rich.console import Console
 
-        console = Console()
-        render_demo_table(result, console)
-        render_written(written, console)
+# --------------------------------------------------------------------------- streams and exit codes
+
+
+def _tell_written(paths: list[Any]) -> None:
+    """A ``Wrote PATH`` line per file, on stderr."""
+    for path in paths:
+        sys.stderr.write(f"Wrote {path}\n")
+
+
+@contextlib.contextmanager
+def _stdout_guard() -> Iterator[None]:
+    """Write the report or data to stdout: a reader that stops reading (``| head``) is not an error,
+    any other write error (a full disk) is bad input, exit code 2; nothing here is the gate's 1."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    except OSError as exc:
+        _silence_stdout()
+        raise InputError(f"cannot write to stdout: {exc.strerror or exc}") from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull, so that the flush at exit cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``acbmse`` and ``python -m acbmse_cli``."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:  # the help, and the usage error's code, whatever the parser's version does
+        with _stdout_guard():
+            _run(["--help"])
+        sys.exit(2)
+    code = _run(args)
     try:
-        result = app(args=argv, prog_name="acbmse", standalone_mode=False)
+        with _stdout_guard():  # output still buffered is written now, under the same rules
+            pass
     except InputError as exc:
         _error_line(str(exc))
-        sys.exit(InputError.exit_code)
+        code = InputError.exit_code
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _closed_pipe_raises() -> Iterator[None]:
+    """While the app runs, rich meets a closed stdout with BrokenPipeError, not its own exit code 1
+    (which is the failed gate's)."""
+    from rich.console import Console
+
+    def on_broken_pipe(console: Console) -> None:
+        console.quiet = True
+        raise BrokenPipeError
+
+    saved = Console.on_broken_pipe
+    Console.on_broken_pipe = on_broken_pipe  # type: ignore[method-assign, assignment]
+    try:
+        yield
+    finally:
+        Console.on_broken_pipe = saved  # type: ignore[method-assign]
+
+
+def _run(args: list[str]) -> int:
+    """Run the app on ``args``; the exit code (the one-line message of a user's error said)."""
+    try:
+        with _closed_pipe_raises():
+            result = app(args=args, prog_name="acbmse", standalone_mode=False)
+    except InputError as exc:
+        _error_line(str(exc))
+        return InputError.exit_code
     except (KeyboardInterrupt, typer.Abort):
         _error_line("interrupted")
-        sys.exit(130)
+        return 130
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        return int(exc.exit_code)
+    except BrokenPipeError:  # the help or a report into a closed pipe
+        _silence_stdout()
+        return 0
     except Exception as exc:
         # Usage errors of the parser (unknown option, bad value, missing argument)
         # carry format_message and exit_code; anything else is a bug and keeps its traceback.
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             raise
         message = exc.format_message().strip()
-        if message:  # (a bare `acbmse` has printed the help already and says nothing more)
+        if message:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             _error_line(message + hint)
-        sys.exit(exc.exit_code)
-    sys.exit(result if isinstance(result, int) else 0)
+        return int(exc.exit_code)
+    return result if isinstance(result, int) else 0
 
 
 def _error_line(message: str) -> None:

@@ -36,7 +36,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ from torch.func import vmap
 
 from acbmse_cli._checks import FLOAT32_MAX, as_input_error, check_integer, check_real, check_weight
 from acbmse_cli._loss_names import LOSS_NAMES
+from acbmse_cli._provenance import run_record
 from acbmse_cli.errors import InputError
 from acbmse_cli.loss import acb_mse_loss, hit_mask
 
@@ -138,6 +139,7 @@ class Curves:
     pixels: int
     recovery_pixels: int
     recovery_hits: int
+    device: str = "cpu"
 
     def sweeps(self) -> tuple[Sweep, Sweep, Sweep]:
         return (self.signal_size, self.recovery, self.gradient)
@@ -146,8 +148,23 @@ class Curves:
         """``{"signal_size": {"x": [...], "mse": [...], "mae": [...], "acb_mse": [...]}, ...}``."""
         return {s.name: s.as_dict() for s in self.sweeps()}
 
+    def run_record(self) -> dict[str, Any]:
+        """The version and the settings that made these sweeps."""
+        return run_record(
+            {
+                "hit_weight": self.hit_weight,
+                "nonhit_weight": self.nonhit_weight,
+                "value": self.value,
+                "recovery": self.recovery_share,
+                "pixels": self.pixels,
+                "recovery_pixels": self.recovery_pixels,
+                "device": self.device,
+            }
+        )
+
     def to_json(self) -> str:
-        return json.dumps(self.as_dict())
+        """The sweeps (:meth:`as_dict`) and ``"run"``, how they were made."""
+        return json.dumps({**self.as_dict(), "run": self.run_record()})
 
     def to_csv(self) -> str:
         """One row per point: ``sweep,x,mse,mae,acb_mse``."""
@@ -329,6 +346,7 @@ def run_curves(options: CurvesOptions, *, device: torch.device | str = "cpu") ->
         pixels=options.pixels,
         recovery_pixels=image,
         recovery_hits=signal,
+        device=str(device),
     )
 
 

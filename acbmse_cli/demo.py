@@ -22,13 +22,14 @@ statistics with the run's hit and non-hit weights).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 from acbmse_cli._checks import as_input_error, check_integer, check_real, check_weight
 from acbmse_cli._files import OutputDir, Writer, as_output_dir, write_files
 from acbmse_cli._loss_names import LOSS_LABELS, LOSS_NAMES
+from acbmse_cli._provenance import run_record
 from acbmse_cli.errors import InputError
 from acbmse_cli.loss import acb_mse_loss, balanced_loss, class_stats, detection_counts
 from acbmse_cli.synthetic import CROSS, LINE, SyntheticConfig, SyntheticPairs, generate_pairs
@@ -289,6 +291,29 @@ class DemoResult:
         """``{loss: {metric: value}}``, ready for ``json.dumps``."""
         return {name: dict(run.metrics) for name, run in self.runs.items()}
 
+    def run_record(self) -> dict[str, Any]:
+        """The version and every option that shaped the numbers."""
+        o = self.options
+        return run_record(
+            {
+                "steps": o.steps,
+                "batch_size": o.batch_size,
+                "seed": o.seed,
+                "losses": o.losses,
+                "hit_weight": o.hit_weight,
+                "nonhit_weight": o.nonhit_weight,
+                "eval_frames": o.eval_frames,
+                "frame_size": f"{o.height}x{o.width}",
+                "learning_rate": o.learning_rate,
+                "detect_threshold": self.detect_threshold,
+                "device": self.device,
+            }
+        )
+
+    def to_json(self) -> str:
+        """``{loss: {metric: value}, ..., "run": {...}}``: the metrics and how they were made."""
+        return json.dumps({**self.metrics(), "run": self.run_record()}, indent=2)
+
 
 def _loss_function(name: str, options: DemoOptions) -> Callable[[Tensor, Tensor], Tensor]:
     if name == "mse":
@@ -349,6 +374,50 @@ def _training_batch(options: DemoOptions, step: int, config: SyntheticConfig) ->
     return generate_pairs(options.batch_size, seed=(options.seed, 1, step), config=config)
 
 
+#: Bytes that one training step takes per pixel of its batch (activations, their gradients,
+#: the optimiser's work): about 55 measured at 88 x 128, doubled for room.
+TRAIN_BYTES_PER_PIXEL = 110
+
+
+def memory_needed(options: DemoOptions) -> int:
+    """Bytes a run needs at its peak: one training step, and the held-out set with its predictions."""
+    pixels = options.height * options.width
+    heldout = options.eval_frames * pixels * 4 * (2 + len(options.losses))  # float32 input, target, outputs
+    return options.batch_size * pixels * TRAIN_BYTES_PER_PIXEL + heldout
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free memory on ``device`` in bytes, or None where it cannot be known."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_memory(options: DemoOptions, device: torch.device) -> None:
+    """Refuse, before any work, sizes whose run would not fit in the memory ``device`` has free."""
+    need, free = memory_needed(options), available_memory(device)
+    if free is None or need <= free:
+        return
+    raise InputError(
+        f"--batch-size {options.batch_size} and --eval-frames {options.eval_frames} at "
+        f"{options.height}x{options.width} need about {need / 2**30:.1f} GiB on {device}, but only "
+        f"{free / 2**30:.1f} GiB is free: choose smaller sizes"
+    )
+
+
 def run_demo(
     options: DemoOptions,
     *,
@@ -370,6 +439,7 @@ def run_demo(
         :class:`DemoResult`, plain data.
     """
     device = torch.device(device)
+    check_memory(options, device)
     heldout = generate_pairs(options.eval_frames, seed=(options.seed, 2), config=options.data_config())
     with _torch_threads(options.threads, device):
         models, curves = _train(options, device, progress)

@@ -31,6 +31,7 @@ import torch
 
 from acbmse_cli import _distributed
 from acbmse_cli._checks import as_input_error, check_real, check_weight
+from acbmse_cli._provenance import run_record
 from acbmse_cli.arrays import ArraySource, chunk_ranges, open_array
 from acbmse_cli.errors import InputError
 from acbmse_cli.loss import balanced_loss, class_stats, detection_counts
@@ -132,10 +133,12 @@ class EvalResult:
     omitted: int | None = None
     detection: DetectionResult | None = None
     worst_samples: tuple[SampleResult, ...] | None = None
+    run: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document: ``pred``, ``target``, ``elements``, ``classes``, ``mse``, ``mae`` and
-        ``acb_mse``; then ``omitted``, ``detection`` and ``worst_samples`` when those options were given."""
+        ``acb_mse``; then ``omitted``, ``detection`` and ``worst_samples`` when those options were
+        given; and ``run``, the version and the options that made it."""
         doc: dict[str, Any] = {
             "pred": self.pred,
             "target": self.target,
@@ -158,6 +161,8 @@ class EvalResult:
                 }
                 for s in self.worst_samples
             ]
+        if self.run is not None:
+            doc["run"] = self.run
         return doc
 
 
@@ -250,6 +255,31 @@ class EvalOptions:
             device = _eval_device(self.device)
         object.__setattr__(self, "classes", classes)
         object.__setattr__(self, "torch_device", device)
+
+    def run_record(self) -> dict[str, Any]:
+        """The version and every option that shaped the numbers (not how the work was chunked)."""
+        classes = self.classes
+        if classes.labelled:
+            class_options: dict[str, Any] = {"labels": self.labels, "class_weights": classes.weights}
+        else:
+            class_options = {
+                "hit_threshold": classes.hit_threshold,
+                "hit_weight": classes.weights[1],
+                "nonhit_weight": classes.weights[0],
+            }
+        return run_record(
+            {
+                "pred_key": self.pred_key,
+                "target_key": self.target_key,
+                **class_options,
+                "class_names": classes.names,
+                "per_sample": self.per_sample,
+                "top": self.top_samples if self.per_sample else None,
+                "detect_threshold": self.detect_threshold,
+                "nan_policy": self.nan_policy,
+                "device": self.torch_device,
+            }
+        )
 
     @property
     def top_samples(self) -> int:
@@ -906,6 +936,7 @@ def _summarize(
         omitted=totals.omitted if options.omit else None,
         detection=_detection_result(totals.detection, options.detect_threshold),
         worst_samples=None if totals.top is None else _worst_samples(totals.top),
+        run=options.run_record(),
     )
 
 

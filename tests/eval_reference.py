@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from acbmse_cli import __version__
+
 
 def _fsum(values: np.ndarray) -> float:
     return math.fsum(values.tolist())
@@ -262,6 +264,10 @@ def assert_close(got: Any, expected: Any, path: str = "$", rel: float = 1e-9, ab
     ``rel`` (and ``abs_`` near 0)."""
     if isinstance(expected, dict):
         assert isinstance(got, dict), f"{path}: {got!r} is not an object"
+        if path == "$" and "run" in got and "run" not in expected:
+            # the record of how the report was made; its options are checked in test_cli_conventions
+            assert got["run"]["version"] == __version__, f"$.run: {got['run']!r}"
+            got = {key: value for key, value in got.items() if key != "run"}
         assert set(got) == set(expected), (
             f"{path}: missing keys {set(expected) - set(got)}, unexpected keys {set(got) - set(expected)}"
         )

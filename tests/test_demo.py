@@ -275,7 +275,8 @@ def test_json_output_shape_and_nothing_else(capsys):
     assert code == 0
     assert err == ""  # no progress bars: stderr is not a terminal here
     data = json.loads(out)
-    assert list(data) == ["mse", "mae", "acb_mse"]
+    assert list(data) == ["mse", "mae", "acb_mse", "run"]
+    del data["run"]  # how the numbers were made: test_cli_conventions checks it
     for metrics in data.values():
         assert set(metrics) == METRIC_KEYS
         assert {"recall", "precision", "f1", "blank_fraction"} <= set(metrics)
@@ -297,7 +298,8 @@ def test_losses_subset_in_the_order_given(capsys, tmp_path):
     )  # fmt: skip
     assert code == 0
     data = json.loads(out)
-    assert list(data) == ["acb_mse", "mse"]
+    assert list(data) == ["acb_mse", "mse", "run"]
+    del data["run"]
     for name, metrics in data.items():
         assert_metrics_equal(metrics, saved_reference(tmp_path, name, a=3.0))
 
@@ -305,7 +307,11 @@ def test_losses_subset_in_the_order_given(capsys, tmp_path):
 def test_table_output(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("COLUMNS", "120")
     code, out, err = run_cli(capsys, *TINY_CLI, "--losses", "mse,acb_mse", "--save-data", str(tmp_path))
-    assert code == 0 and err == ""
+    assert code == 0
+    # stderr names the files written; stdout holds the table only
+    assert err.splitlines() == [
+        f"Wrote {tmp_path / n}.npy" for n in ("input", "target", "pred_mse", "pred_acb_mse")
+    ]
     assert "recall" in out and "precision" in out and "ACB-MSE" in out and "MSE" in out
     assert "MAE" not in out  # not asked for
     assert "output > 10" in out
@@ -325,10 +331,11 @@ def test_table_output(capsys, monkeypatch, tmp_path):
 
 
 def test_progress_bars_on_a_terminal_stderr_and_quiet(capsys, monkeypatch):
-    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: treat stderr as a terminal
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: treat stderr as a terminal (rich 14 and later)
+    monkeypatch.setenv("FORCE_COLOR", "1")  # the same for earlier rich releases
     code, out, err = run_cli(capsys, *TINY_CLI, "--format", "json", "--losses", "mae")
     assert code == 0 and "MAE" in err and "3/3" in err
-    assert list(json.loads(out)) == ["mae"]  # stdout stays plain JSON
+    assert list(json.loads(out)) == ["mae", "run"]  # stdout stays plain JSON
     code, out, err = run_cli(capsys, *TINY_CLI, "--format", "json", "--losses", "mae", "--quiet")
     assert code == 0 and err == ""
 
@@ -445,9 +452,9 @@ def test_end_to_end_subprocess(tmp_path):
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
+    assert proc.stderr.splitlines() == [f"Wrote {tmp_path / n}.npy" for n in ("input", "target", "pred_mse")]
     data = json.loads(proc.stdout)
-    assert list(data) == ["mse"]
+    assert list(data) == ["mse", "run"]
     assert_metrics_equal(data["mse"], saved_reference(tmp_path, "mse"))
 
 

@@ -141,8 +141,8 @@ def test_small_frames_and_config_options():
         ({"tof_min": 0.0}, r"need 0 < tof_min < tof_max, got 0\.0 and 100\.0$"),
         ({"tof_min": 50.0, "tof_max": 40.0}, r"need 0 < tof_min < tof_max, got 50\.0 and 40\.0$"),
         ({"scale_min": 2.0, "scale_max": 1.0}, r"need 0 < scale_min <= scale_max, got 2\.0 and 1\.0$"),
-        ({"noise_hits": -1.0}, r"noise_hits must be a finite non-negative number, got -1\.0$"),
-        ({"noise_hits": float("nan")}, r"noise_hits must be a finite non-negative number, got nan$"),
+        ({"noise_hits": -1.0}, r"noise_hits must be finite and non-negative, got -1\.0$"),
+        ({"noise_hits": float("nan")}, r"noise_hits must be finite and non-negative, got nan$"),
         ({"cross_fraction": 1.5}, r"cross_fraction must lie in \[0, 1\], got 1\.5$"),
     ],
 )
