@@ -523,6 +523,22 @@ def _stdout_guard() -> Iterator[None]:
         raise InputError(f"cannot write to stdout: {exc.strerror or exc}") from None
 
 
+def _stdout_is_a_closed_pipe() -> bool:
+    """Whether stdout is a pipe whose reader has gone (the write end then polls as an error)."""
+    import select
+    import stat
+
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _silence_stdout() -> None:
     """Point stdout at devnull, so that the flush at exit cannot fail again."""
     with contextlib.suppress(OSError, ValueError):
@@ -558,7 +574,10 @@ def _closed_pipe_raises() -> Iterator[None]:
         console.quiet = True
         raise BrokenPipeError
 
-    saved = Console.on_broken_pipe
+    saved = getattr(Console, "on_broken_pipe", None)
+    if saved is None:  # rich before 13.4 lets BrokenPipeError through by itself
+        yield
+        return
     Console.on_broken_pipe = on_broken_pipe  # type: ignore[method-assign, assignment]
     try:
         yield
@@ -582,6 +601,11 @@ def _run(args: list[str]) -> int:
     except BrokenPipeError:  # the help or a report into a closed pipe
         _silence_stdout()
         return 0
+    except SystemExit as exc:
+        # click before 8.2 meets a closed pipe by exiting with 1 itself
+        if exc.code == 1 and _stdout_is_a_closed_pipe():
+            return 0
+        raise
     except Exception as exc:
         # Usage errors of the parser (unknown option, bad value, missing argument)
         # carry format_message and exit_code; anything else is a bug and keeps its traceback.

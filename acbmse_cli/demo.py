@@ -602,7 +602,10 @@ def _figure_writer(result: DemoResult) -> Writer:
     """A writer that draws the figure of :func:`save_figure` and saves it as PNG."""
 
     def write(stream: BinaryIO) -> None:
-        _draw_figure(result).savefig(stream, format="png", dpi=110)
+        from acbmse_cli.plots import quiet_parser_deprecations
+
+        with quiet_parser_deprecations():
+            _draw_figure(result).savefig(stream, format="png", dpi=110)
 
     return write
 

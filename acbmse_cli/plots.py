@@ -11,9 +11,11 @@ the bottom of the axis rather than silently dropped.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
@@ -240,6 +242,22 @@ def _image_writer(curves: Curves, draw: Callable[[Curves], Figure], image_format
     """A writer that draws one figure and saves it in ``image_format``."""
 
     def write(stream: BinaryIO) -> None:
-        draw(curves).savefig(stream, format=image_format, dpi=_DPI, metadata=_METADATA[image_format])
+        with quiet_parser_deprecations():
+            draw(curves).savefig(stream, format=image_format, dpi=_DPI, metadata=_METADATA[image_format])
 
     return write
+
+
+@contextlib.contextmanager
+def quiet_parser_deprecations() -> Iterator[None]:
+    """Silence the deprecation warnings that matplotlib releases before 3.11 raise from the text
+    parser they use (pyparsing 3.3 renamed its API): they say nothing about the figure, and
+    would reach the user's terminal as noise."""
+    with warnings.catch_warnings():
+        try:
+            from pyparsing.warnings import PyparsingDeprecationWarning
+        except ImportError:  # a pyparsing without the warning: nothing to silence
+            pass
+        else:
+            warnings.simplefilter("ignore", PyparsingDeprecationWarning)
+        yield
