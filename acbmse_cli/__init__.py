@@ -23,13 +23,13 @@ __all__ = [
     "class_stats",
 ]
 
-_LOSS_NAMES = frozenset(
+_LAZY_NAMES = frozenset(
     {"ACBLoss", "ACBMSELoss", "ClassStats", "acb_mse_loss", "balanced_loss", "class_stats"}
 )
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LOSS_NAMES:
+    if name in _LAZY_NAMES:
         from acbmse_cli import loss
 
         return getattr(loss, name)
@@ -37,4 +37,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LOSS_NAMES)
+    return sorted(set(globals()) | _LAZY_NAMES)
