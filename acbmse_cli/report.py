@@ -141,20 +141,14 @@ def _share(value: float | None) -> str:
 def stdout_console(file: TextIO | None = None) -> Console:
     """The console for the report: colour only on a terminal (and never with ``NO_COLOR``).
 
-    A closed pipe on stdout raises :class:`BrokenPipeError` (rich itself would exit with 1).
+    A closed pipe is the caller's to handle (the command line meets it as :class:`BrokenPipeError`).
     """
     from rich.console import Console
-
-    class ReportConsole(Console):
-        def on_broken_pipe(self) -> None:
-            # rich would exit with 1 here, which is the failed-gate code: let the caller decide.
-            self.quiet = True
-            raise BrokenPipeError
 
     stream = sys.stdout if file is None else file
     terminal = stream.isatty()
     # Off a terminal rich would assume 80 columns and squeeze the table: give it room instead.
-    return ReportConsole(file=stream, highlight=False, width=None if terminal else 200, soft_wrap=False)
+    return Console(file=stream, highlight=False, width=None if terminal else 200, soft_wrap=False)
 
 
 # --------------------------------------------------------------------------- the report table
@@ -433,8 +427,7 @@ class DelayedProgress:
 # "Wrote PATH" lines of both.
 
 if TYPE_CHECKING:
-    import os
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Sequence
 
     from rich.table import Table
 
@@ -446,7 +439,6 @@ __all__ += [
     "demo_metrics_table",
     "render_curves_table",
     "render_demo_table",
-    "render_written",
 ]
 
 
@@ -530,12 +522,6 @@ def demo_metrics_table(result: DemoResult) -> Table:
 def render_demo_table(result: DemoResult, console: Console) -> None:
     """Print :func:`demo_metrics_table` of ``result``."""
     console.print(demo_metrics_table(result))
-
-
-def render_written(paths: Iterable[str | os.PathLike[str]], console: Console) -> None:
-    """A ``Wrote PATH`` line per file written (the path as it is, never read as markup)."""
-    for path in paths:
-        console.print(f"Wrote {path}", markup=False, highlight=False, soft_wrap=True)
 
 
 class TrainingProgress:

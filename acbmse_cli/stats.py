@@ -60,12 +60,6 @@ class ClassStats:
     sum_target: Tensor | None = field(default=None, metadata=_SUM)
     sum_input: Tensor | None = field(default=None, metadata=_SUM)
 
-    @staticmethod
-    def merge_rule(name: str) -> Merge:
-        """How the field ``name`` of two parts merges: ``"sum"`` or ``"max"``."""
-        rule: Merge = _MERGE[name]
-        return rule
-
     def _map(self, fn: Any) -> ClassStats:
         """A copy with ``fn(name, value)`` in every field that is filled."""
         values: dict[str, Any] = {
