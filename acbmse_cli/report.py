@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-    from acbmse_cli.evaluate import DetectionResult, EvalResult, SampleResult
+    from acbmse_cli.evaluate import DenoisingResult, DetectionResult, EvalComparison, EvalResult, SampleResult
+    from acbmse_cli.histograms import DetectionCurve
 
 __all__ = ["CSV_COLUMNS", "DelayedProgress", "render_csv", "render_json", "render_table", "stdout_console"]
 
@@ -56,9 +57,21 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def render_json(result: EvalResult) -> str:
-    """The JSON document of :meth:`EvalResult.to_dict`, with a final newline."""
-    return json.dumps(_json_safe(result.to_dict()), indent=2, allow_nan=False) + "\n"
+#: The precisions at which the table tells the highest recall of the curve.
+RECALL_AT_PRECISIONS = (0.5, 0.9, 0.99)
+
+
+def _reports(results: EvalResult | EvalComparison) -> tuple[EvalResult, ...]:
+    reports: tuple[EvalResult, ...] | None = getattr(results, "reports", None)
+    return (results,) if reports is None else reports  # type: ignore[return-value]
+
+
+def render_json(results: EvalResult | EvalComparison) -> str:
+    """The JSON document, with a final newline: :meth:`EvalResult.to_dict` for one prediction,
+    :meth:`EvalComparison.to_dict` for several."""
+    reports = _reports(results)
+    doc = reports[0].to_dict() if len(reports) == 1 else results.to_dict()
+    return json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n"
 
 
 def _cell(value: object) -> str:
@@ -69,65 +82,96 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def render_csv(result: EvalResult) -> str:
+def render_csv(results: EvalResult | EvalComparison) -> str:
     """A header, one row per class, and the ``overall`` row (its ``contribution`` is the ACB-MSE).
 
-    With detection counts or worst samples, each follows as its own block
-    (header and rows) after an empty line.
+    With detection counts, the detection curve, denoising figures or worst samples, each follows as
+    its own block (header and rows) after an empty line.  With several predictions every row of
+    every block starts with a ``pred`` column, the predictions one after the other in each block.
     """
+    reports = _reports(results)
+    blocks = [_csv_blocks(r) for r in reports]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for c in result.classes:
-        writer.writerow(_cell(getattr(c, column)) for column in CSV_COLUMNS)
-    writer.writerow(
-        _cell(v)
-        for v in (
-            OVERALL,
-            result.elements,
-            1.0 if result.elements else None,
-            result.mse,
-            None if result.mse is None else math.sqrt(result.mse),
-            result.mae,
-            result.max_abs_error,
-            result.mean_target,
-            result.mean_pred,
-            None,
-            result.acb_mse,
-        )
-    )
+    for b, (header, _) in enumerate(blocks[0]):
+        if b:
+            out.write("\n")
+        named = len(reports) > 1
+        writer.writerow(("pred", *header) if named else header)
+        for report, report_blocks in zip(reports, blocks, strict=True):
+            for row in report_blocks[b][1]:
+                writer.writerow((report.pred, *row) if named else row)
+    return out.getvalue()
+
+
+_Block = tuple[tuple[str, ...], list[tuple[str, ...]]]
+
+
+def _csv_blocks(result: EvalResult) -> list[_Block]:
+    """The CSV blocks of one report: each a header and its rows."""
+    blocks: list[_Block] = [(CSV_COLUMNS, _csv_class_rows(result))]
     if result.detection is not None:
         d = result.detection
-        out.write("\n")
-        writer.writerow(
-            (
-                "detect_threshold",
-                "true_positives",
-                "false_positives",
-                "false_negatives",
-                "recall",
-                "precision",
-                "f1",
-            )
+        header = ("detect_threshold", "true_positives", "false_positives", "false_negatives",
+                  "recall", "precision", "f1")  # fmt: skip
+        values = (
+            d.threshold,
+            d.true_positives,
+            d.false_positives,
+            d.false_negatives,
+            d.recall,
+            d.precision,
+            d.f1,
         )
-        writer.writerow(
+        blocks.append((header, [tuple(_cell(v) for v in values)]))
+    if result.denoising is not None:
+        n = result.denoising
+        header_n = ("detect_threshold", "signal_hits", "signal_retained", "noise_hits", "noise_removed")
+        values_n = (n.threshold, n.signal_hits, n.signal_retained, n.noise_hits, n.noise_removed)
+        blocks.append((header_n, [tuple(_cell(v) for v in values_n)]))
+    if result.detection_curve is not None:
+        blocks.append(_csv_curve_block(result.detection_curve))
+    if result.worst_samples is not None:
+        header_s = ("sample", "acb_mse", *(f"mse_{c.name}" for c in result.classes))
+        rows = [
+            (_cell(s.index), _cell(s.acb_mse), *(_cell(m) for m in s.class_mse)) for s in result.worst_samples
+        ]
+        blocks.append((header_s, rows))
+    return blocks
+
+
+def _csv_curve_block(curve: DetectionCurve) -> _Block:
+    """One row per grid threshold; the noise removed too where the network's input was given."""
+    header: tuple[str, ...] = ("threshold", "tp", "fp", "fn", "recall", "precision", "f1")
+    columns: list[Sequence[Any]] = [curve.threshold, curve.tp, curve.fp, curve.fn, curve.recall,
+                                    curve.precision, curve.f1]  # fmt: skip
+    if curve.noise_removed is not None:
+        header += ("noise_removed",)
+        columns.append(curve.noise_removed)
+    return header, [tuple(_cell(v) for v in row) for row in zip(*columns, strict=True)]
+
+
+def _csv_class_rows(result: EvalResult) -> list[tuple[str, ...]]:
+    rows = [tuple(_cell(getattr(c, column)) for column in CSV_COLUMNS) for c in result.classes]
+    rows.append(
+        tuple(
             _cell(v)
             for v in (
-                d.threshold,
-                d.true_positives,
-                d.false_positives,
-                d.false_negatives,
-                d.recall,
-                d.precision,
-                d.f1,
+                OVERALL,
+                result.elements,
+                1.0 if result.elements else None,
+                result.mse,
+                None if result.mse is None else math.sqrt(result.mse),
+                result.mae,
+                result.max_abs_error,
+                result.mean_target,
+                result.mean_pred,
+                None,
+                result.acb_mse,
             )
         )
-    if result.worst_samples is not None:
-        out.write("\n")
-        writer.writerow(("sample", "acb_mse", *(f"mse_{c.name}" for c in result.classes)))
-        for s in result.worst_samples:
-            writer.writerow((_cell(s.index), _cell(s.acb_mse), *(_cell(m) for m in s.class_mse)))
-    return out.getvalue()
+    )
+    return rows
 
 
 def _num(value: float | None) -> str:
@@ -361,7 +405,70 @@ def _summary(result: EvalResult, width: int) -> Text:
     return Text(_pack(totals, width, sep="   "))
 
 
-def render_table(result: EvalResult, console: Console) -> None:
+def _curve_grid(curve: DetectionCurve) -> _Grid:
+    best = curve.best_f1() or {}
+    headers = ["AP", "best F1", "at threshold", "recall", "precision"]
+    cells = [_num(curve.average_precision), _num(best.get("f1")), _num(best.get("threshold")),
+             _num(best.get("recall")), _num(best.get("precision"))]  # fmt: skip
+    for p in RECALL_AT_PRECISIONS:
+        headers.append(f"recall at precision ≥ {p:g}")
+        cells.append(_num(curve.recall_at_precision(p)))
+    columns = tuple(_Column(tuple(h.split()), (c,)) for h, c in zip(headers, cells, strict=True))
+    grid = curve.threshold
+    return _Grid(f"hit finding at {len(grid)} thresholds, {grid[0]:g} to {grid[-1]:g}", columns)
+
+
+def _denoising_grid(d: DenoisingResult) -> _Grid:
+    headers = ("signal hits", "signal retained", "noise hits", "noise removed")
+    cells = (f"{d.signal_hits:,}", _share(d.signal_retained), f"{d.noise_hits:,}", _share(d.noise_removed))
+    columns = tuple(_Column(tuple(h.split()), (c,)) for h, c in zip(headers, cells, strict=True))
+    return _Grid(f"denoising: prediction > {d.threshold:g}", columns)
+
+
+def _comparison_grid(reports: Sequence[EvalResult]) -> _Grid:
+    """A row per prediction: ACB-MSE, MSE, each class's MSE, and the detection figures asked for."""
+    first = reports[0]
+    columns = [
+        _Column(("prediction",), tuple(r.pred for r in reports), "left"),
+        _Column(("ACB-MSE",), tuple(_num(r.acb_mse) for r in reports)),
+        _Column(("MSE",), tuple(_num(r.mse) for r in reports)),
+        *(
+            _Column(("MSE", c.name), tuple(_num(r.classes[i].mse) for r in reports))
+            for i, c in enumerate(first.classes)
+        ),
+    ]
+    if first.detection is not None:
+        for name in ("recall", "precision", "f1"):
+            header = (name if name != "f1" else "F1", f"at {first.detection.threshold:g}")
+            columns.append(_Column(header, tuple(_num(getattr(r.detection, name)) for r in reports)))
+    if first.denoising is not None:
+        columns.append(
+            _Column(
+                ("noise", "removed"),
+                tuple(_share(None if r.denoising is None else r.denoising.noise_removed) for r in reports),
+            )
+        )
+    if first.detection_curve is not None:
+        curves = [r.detection_curve for r in reports]
+        best = [(c.best_f1() or {}) if c is not None else {} for c in curves]
+        columns.append(
+            _Column(("AP",), tuple(_num(None if c is None else c.average_precision) for c in curves))
+        )
+        columns.append(_Column(("best", "F1"), tuple(_num(b.get("f1")) for b in best)))
+        columns.append(_Column(("at", "threshold"), tuple(_num(b.get("threshold")) for b in best)))
+    return _Grid(f"{len(reports)} predictions vs {first.target}", tuple(columns), keys=1)
+
+
+def render_table(results: EvalResult | EvalComparison, console: Console) -> None:
+    """The human report of each prediction, then (for several) one comparison table, a row each."""
+    reports = _reports(results)
+    for result in reports:
+        _render_one(result, console)
+    if len(reports) > 1:
+        _print_grid(_comparison_grid(reports), console)
+
+
+def _render_one(result: EvalResult, console: Console) -> None:
     """The human report: a row per class, the overall row and totals; detection and worst samples.
 
     Where the console is too narrow for a row per class, the statistics are the rows and the classes
@@ -374,6 +481,10 @@ def render_table(result: EvalResult, console: Console) -> None:
     console.print(_summary(result, console.width))
     if result.detection is not None:
         _print_grid(_detection_grid(result.detection), console)
+    if result.denoising is not None:
+        _print_grid(_denoising_grid(result.denoising), console)
+    if result.detection_curve is not None:
+        _print_grid(_curve_grid(result.detection_curve), console)
     if result.worst_samples is not None:
         _print_grid(_worst_grid(result, result.worst_samples), console)
 
