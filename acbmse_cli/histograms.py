@@ -20,6 +20,7 @@ This module depends on torch only.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -138,12 +139,12 @@ def count_below(values: Tensor, grid: ThresholdGrid) -> Tensor:
         values = values.to(torch.float64)
     edges = _edges_in(values.dtype, grid, values.device)
     if grid.linear and _arithmetic_is_exact(values.dtype, grid):
-        below = _count_below_linear(values, edges, grid)
-    else:
-        below = torch.searchsorted(edges, values)
+        return _count_below_linear(values, edges, grid)
+    below = torch.searchsorted(edges, values)
     return torch.where(torch.isnan(values), 0, below) if values.numel() else below
 
 
+@functools.lru_cache(maxsize=32)
 def _edges_in(dtype: torch.dtype, grid: ThresholdGrid, device: torch.device) -> Tensor:
     """The thresholds rounded down into ``dtype``: ``v > t`` exactly when ``v > edge``."""
     return torch.tensor([threshold_in(dtype, t) for t in grid.values], dtype=dtype, device=device)
@@ -161,15 +162,15 @@ def _count_below_linear(values: Tensor, edges: Tensor, grid: ThresholdGrid) -> T
     n = len(grid)
     start = grid.values[0]
     inverse_step = (n - 1) / (grid.values[-1] - start)
-    wide = values.to(torch.float64)
-    guess = torch.nan_to_num(wide.sub(start).mul_(inverse_step), nan=-1.0).floor_().add_(1.0)
+    # A guess in the values' own dtype is off by at most one bin where the step is wide against
+    # the dtype's spacing (_arithmetic_is_exact); one comparison with each neighbour corrects it.
+    guess = values.sub(start).mul_(inverse_step).floor_().add_(1.0).nan_to_num_(0.0)
     below = guess.clamp_(0, n).to(torch.int64)
-    # one step down where the guess is one too many, one step up where it is one too few
-    lower = edges[(below - 1).clamp_(min=0)]
-    below -= ((below > 0) & ~(values > lower)).to(torch.int64)
-    upper = edges[below.clamp(max=n - 1)]
-    below += ((below < n) & (values > upper)).to(torch.int64)
-    return below
+    inf = edges.new_full((1,), math.inf)
+    padded = torch.cat([-inf, edges, inf])  # padded[k] is the k-th threshold's lower neighbour
+    below -= (~(values > padded.index_select(0, below))).to(torch.int64)
+    below += (values > padded.index_select(0, below + 1)).to(torch.int64)
+    return below.clamp_(min=0)  # a NaN, above no threshold, is the one value stepped below 0
 
 
 # --------------------------------------------------------------------------- detection
@@ -214,19 +215,12 @@ def detection_stats(
     (``|noisy| > hit_threshold`` where the target is a non-hit)."""
     x, truth = input.reshape(-1), hit_mask(target.reshape(-1), hit_threshold)
     bins = len(grid) + 1
-    n_hits = int(truth.sum())
-    # Most predictions lie at or below the lowest threshold (bin 0): only the others are binned.
-    above = x > threshold_in(x.dtype, grid.values[0]) if x.is_floating_point() else x > grid.values[0]
-    below = count_below(x[above], grid)
-    truth_above = truth[above]
-    by_class = torch.bincount(below + bins * truth_above, minlength=2 * bins).reshape(2, bins)
-    by_class[0, 0] += (x.numel() - n_hits) - by_class[0].sum()
-    by_class[1, 0] += n_hits - by_class[1].sum()
+    key = count_below(x, grid).add_(truth, alpha=bins)  # the hits' bins after the non-hits'
+    by_class = torch.bincount(key, minlength=2 * bins).reshape(2, bins)
     noise = None
-    if noisy is not None:
+    if noisy is not None:  # noise hits are non-hits: their key is their bin; the others go to a spare bin
         is_noise = hit_mask(noisy.reshape(-1), hit_threshold) & ~truth
-        noise = torch.bincount(below[is_noise[above]], minlength=bins)
-        noise[0] += int(is_noise.sum()) - noise.sum()
+        noise = torch.bincount(torch.where(is_noise, key, bins), minlength=bins + 1)[:bins]
     return DetectionStats(by_class[1], by_class[0], noise)
 
 
