@@ -123,10 +123,21 @@ class ThresholdGrid:
 
 
 def default_grid(hit_threshold: float, largest_hit: float | None) -> ThresholdGrid:
-    """From the hit threshold to the target's largest hit value (one unit above the hit threshold
-    when the target has no hit above it)."""
-    stop = largest_hit if largest_hit is not None and largest_hit > hit_threshold else hit_threshold + 1.0
-    return ThresholdGrid.linspace(hit_threshold, stop, DEFAULT_GRID_POINTS)
+    """From the hit threshold to the target's largest hit value, the span rounded up to a round
+    number (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a power of ten) so that the thresholds read
+    well; one unit above the hit threshold when the target has no hit above it."""
+    span = largest_hit - hit_threshold if largest_hit is not None else 0.0
+    if not (span > 0 and math.isfinite(span)):
+        span = 1.0
+    return ThresholdGrid.linspace(hit_threshold, hit_threshold + _round_up(span), DEFAULT_GRID_POINTS)
+
+
+def _round_up(value: float) -> float:
+    """The smallest round number at least ``value`` (> 0)."""
+    exponent = math.floor(math.log10(value))
+    steps = ("1", "1.2", "1.5", "2", "2.5", "3", "4", "5", "6", "8")
+    rounds = [float(f"{step}e{exponent}") for step in steps]
+    return next((r for r in rounds if r >= value), float(f"1e{exponent + 1}"))
 
 
 def count_below(values: Tensor, grid: ThresholdGrid) -> Tensor:

@@ -138,8 +138,9 @@ def test_curve_counts_and_ratios_equal_the_reference(
     options = EvalOptions(detect_curve=True, thresholds=grid_text, chunk_elements=chunk)
     doc = evaluate(files["good"], files["target"], options).to_dict()["detection_curve"]
     target, pred = np.load(files["target"]), np.load(files["good"])
-    if grid_text is None:  # the default grid: 201 from the hit threshold to the largest hit
-        grid = np.array(ThresholdGrid.linspace(0.0, float(target.max()), 201).values)
+    if grid_text is None:  # the default grid: 201 from the hit threshold to the largest hit, rounded up
+        assert 99 < target.max() <= 100
+        grid = np.array(ThresholdGrid.linspace(0.0, 100.0, 201).values)
     else:
         grid = np.array(ThresholdGrid.parse(grid_text).values)
     assert _close(doc, reference_curve(pred, target, grid))
