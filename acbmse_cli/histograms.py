@@ -141,13 +141,17 @@ def _round_up(value: float) -> float:
 
 
 def count_below(values: Tensor, grid: ThresholdGrid) -> Tensor:
-    """For every value, how many thresholds ``t`` of the grid have ``value > t``: int64, exact.
+    """For every value, how many thresholds ``t`` of the grid have ``value > t``: an integer
+    tensor (int32 or int64), exact.
 
-    NaN is above no threshold.  An evenly spaced grid is binned by arithmetic and corrected
-    by comparison with its neighbours; any other by binary search.
+    NaN is above no threshold.  An evenly spaced grid is binned by arithmetic and corrected by
+    one comparison; any other grid, or one too fine for the values' precision, by binary search.
+    Half-precision values are binned in float32 (which holds them exactly), integers in float64.
     """
     if not values.is_floating_point():
         values = values.to(torch.float64)
+    elif torch.finfo(values.dtype).bits < 32:
+        values = values.to(torch.float32)
     edges = _edges_in(values.dtype, grid, values.device)
     if grid.linear and _arithmetic_is_exact(values.dtype, grid):
         return _count_below_linear(values, edges, grid)
@@ -157,31 +161,35 @@ def count_below(values: Tensor, grid: ThresholdGrid) -> Tensor:
 
 @functools.lru_cache(maxsize=32)
 def _edges_in(dtype: torch.dtype, grid: ThresholdGrid, device: torch.device) -> Tensor:
-    """The thresholds rounded down into ``dtype``: ``v > t`` exactly when ``v > edge``."""
-    return torch.tensor([threshold_in(dtype, t) for t in grid.values], dtype=dtype, device=device)
+    """The thresholds rounded down into ``dtype``, then ``+inf``: for a value ``v`` of ``dtype``,
+    ``v > t`` exactly when ``v > edge``."""
+    edges = [threshold_in(dtype, t) for t in grid.values]
+    return torch.tensor([*edges, math.inf], dtype=dtype, device=device)[: len(edges) + (grid.linear)]
+
+
+#: How far below a bin boundary the arithmetic guess is taken, in bins: more than its rounding error.
+_GUESS_MARGIN = 0.125
 
 
 def _arithmetic_is_exact(dtype: torch.dtype, grid: ThresholdGrid) -> bool:
-    """Whether the grid step is wide against the dtype's spacing, so that arithmetic binning is
-    off by at most one bin (which the neighbour comparison then corrects)."""
+    """Whether the grid step is wide against the dtype's spacing: the rounding error of the guess
+    ``(v - start) / step`` (a few ulp of the largest magnitude, in bins) stays under the margin."""
     top = max(abs(grid.values[0]), abs(grid.values[-1]))
     step = (grid.values[-1] - grid.values[0]) / (len(grid) - 1)
-    return step > 8 * top * torch.finfo(dtype).eps
+    return step > 64 * top * torch.finfo(dtype).eps
 
 
 def _count_below_linear(values: Tensor, edges: Tensor, grid: ThresholdGrid) -> Tensor:
+    """``floor((v - start) / step + 1 - margin)`` is the count or one less (never more): one
+    comparison with the next threshold (``edges[count]``, ``+inf`` past the last) settles it."""
     n = len(grid)
     start = grid.values[0]
     inverse_step = (n - 1) / (grid.values[-1] - start)
-    # A guess in the values' own dtype is off by at most one bin where the step is wide against
-    # the dtype's spacing (_arithmetic_is_exact); one comparison with each neighbour corrects it.
-    guess = values.sub(start).mul_(inverse_step).floor_().add_(1.0).nan_to_num_(0.0)
-    below = guess.clamp_(0, n).to(torch.int64)
-    inf = edges.new_full((1,), math.inf)
-    padded = torch.cat([-inf, edges, inf])  # padded[k] is the k-th threshold's lower neighbour
-    below -= (~(values > padded.index_select(0, below))).to(torch.int64)
-    below += (values > padded.index_select(0, below + 1)).to(torch.int64)
-    return below.clamp_(min=0)  # a NaN, above no threshold, is the one value stepped below 0
+    offset = 1.0 - _GUESS_MARGIN - start * inverse_step
+    guess = torch.mul(values, inverse_step).add_(offset).floor_().nan_to_num_(0.0).clamp_(0, n)
+    below = guess.to(torch.int32)  # int32 halves the bytes of every pass that follows
+    below += values > edges.index_select(0, below)
+    return below
 
 
 # --------------------------------------------------------------------------- detection
