@@ -494,7 +494,8 @@ DEMO_HELP = (
     "Train one small denoising autoencoder per loss (MSE, MAE, ACB-MSE) on synthetic detector frames.\n\n"
     "Same initial weights, batches, optimiser and steps for every loss. Each model is then scored on a "
     "held-out set: hit recall, precision, F1 (a hit is detected where the output is above 10, half the "
-    "smallest hit value), the share of blank outputs (no pixel above 10), MSE per class."
+    "smallest hit value), the share of the input's noise hits removed, the share of blank outputs (no "
+    "pixel above 10), average precision and best F1 over 201 thresholds, MSE per class."
 )
 
 
@@ -527,7 +528,8 @@ def demo(
     out: Annotated[
         str | None,
         typer.Option(
-            help="Folder for the figure demo.png (held-out frames and loss curves).", rich_help_panel=OUTPUT
+            help="Folder for the figure demo.png (held-out frames, training and precision-recall curves).",
+            rich_help_panel=OUTPUT,
         ),
     ] = None,
     save_data: Annotated[

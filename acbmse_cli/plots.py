@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from acbmse_cli._checks import as_input_error, check_choice
 from acbmse_cli._files import OutputDir, Writer, as_output_dir, write_files
-from acbmse_cli._loss_names import LOSS_LABELS
+from acbmse_cli._loss_names import LOSS_COLORS, LOSS_LABELS
 from acbmse_cli.curves import X_LABELS, Curves, Sweep
 
 if TYPE_CHECKING:
@@ -37,9 +37,9 @@ IMAGE_NAMES: tuple[str, ...] = ("loss_curve_1", "loss_curve_2", "loss_curve_3")
 
 # Same colour and line for a loss in every figure; the legend lists the losses in this order.
 _STYLE: dict[str, dict[str, object]] = {
-    "mae": {"label": LOSS_LABELS["mae"], "color": "tab:blue", "linestyle": "-"},
-    "mse": {"label": LOSS_LABELS["mse"], "color": "tab:orange", "linestyle": "-"},
-    "acb_mse": {"label": LOSS_LABELS["acb_mse"], "color": "tab:green", "linestyle": "--"},
+    "mae": {"label": LOSS_LABELS["mae"], "color": LOSS_COLORS["mae"], "linestyle": "-"},
+    "mse": {"label": LOSS_LABELS["mse"], "color": LOSS_COLORS["mse"], "linestyle": "-"},
+    "acb_mse": {"label": LOSS_LABELS["acb_mse"], "color": LOSS_COLORS["acb_mse"], "linestyle": "--"},
 }
 # No timestamps or version strings in the files: the same options give the same bytes.
 _METADATA: dict[str, dict[str, str | None]] = {

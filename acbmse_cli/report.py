@@ -587,52 +587,110 @@ def _sweep_table(sweep: Sweep, title: str) -> Table:
     return table
 
 
-def _demo_cell(value: float | int | None, digits: int = 3) -> str:
+def _demo_cell(value: object, digits: int = 3) -> str:
     if value is None:
         return "n/a"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}f}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
 
 
-def demo_metrics_table(result: DemoResult) -> Table:
-    """A rich table, one row per trained loss, of the demo's held-out metrics."""
+def _demo_title(result: DemoResult) -> str:
+    opts = result.options
+    return (
+        f"{opts.eval_frames} held-out frames of {opts.height}x{opts.width} after {opts.steps} steps "
+        f"of {opts.batch_size} frames (seed {opts.seed}, {result.device})"
+    )
+
+
+def _demo_table(
+    title: str, caption: str | None, headers: Sequence[str], rows: Sequence[Sequence[str]]
+) -> Table:
+    """A table with a row per loss: the loss's label, then right-aligned numbers."""
     from rich.table import Table
 
-    from acbmse_cli._loss_names import LOSS_LABELS
-
-    opts = result.options
-    table = Table(
-        title=(
-            f"{opts.eval_frames} held-out frames of {opts.height}x{opts.width} after {opts.steps} steps "
-            f"of {opts.batch_size} frames (seed {opts.seed}, {result.device})"
-        ),
-        caption=(
-            f"hit detected where output > {result.detect_threshold:g}; blank frame: none detected; "
-            f"A={opts.hit_weight:g}, B={opts.nonhit_weight:g}"
-        ),
-    )
-    table.add_column("loss")
-    for column in ("recall", "precision", "F1", "blank\nframes", "MSE\nhits", "MSE\nnon-hits", "ACB-MSE"):
-        table.add_column(column, justify="right")
-    for name, run in result.runs.items():
-        m = run.metrics
-        table.add_row(
-            LOSS_LABELS[name],
-            _demo_cell(m["recall"]),
-            _demo_cell(m["precision"]),
-            _demo_cell(m["f1"]),
-            f"{m['blank_frames']}/{m['frames']}",
-            _demo_cell(m["mse_hit"], 1),
-            _demo_cell(m["mse_nonhit"], 2),
-            _demo_cell(m["acb_mse"], 1),
-        )
+    table = Table(title=title, caption=caption)
+    table.add_column(headers[0])
+    for header in headers[1:]:
+        table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
+_DemoMetrics = dict[str, dict[str, Any]]  # {loss label: that loss's metrics}
+
+
+def _fixed_threshold_rows(metrics: _DemoMetrics) -> list[list[str]]:
+    return [
+        [label, _demo_cell(m["recall"]), _demo_cell(m["precision"]), _demo_cell(m["f1"]),
+         _demo_cell(m["noise_removed"]), f"{m['blank_frames']}/{m['frames']}"]
+        for label, m in metrics.items()
+    ]  # fmt: skip
+
+
+def _curve_rows(metrics: _DemoMetrics) -> list[list[str]]:
+    rows = []
+    for label, m in metrics.items():
+        best = m["best_f1"] or {}
+        rows.append([label, _demo_cell(m["average_precision"]), _demo_cell(best.get("f1")),
+                     _demo_cell(best.get("threshold"), 1), _demo_cell(best.get("recall")),
+                     _demo_cell(best.get("precision"))])  # fmt: skip
+    return rows
+
+
+def _error_rows(metrics: _DemoMetrics) -> list[list[str]]:
+    return [
+        [label, _demo_cell(m["mse_hit"], 1), _demo_cell(m["mse_nonhit"], 2), _demo_cell(m["acb_mse"], 1)]
+        for label, m in metrics.items()
+    ]
+
+
+def demo_metrics_table(result: DemoResult) -> list[Table]:
+    """Rich tables of the demo's held-out metrics, a row per trained loss, each within 80 columns: hit
+    finding at the detection threshold, hit finding over every threshold, the error per class."""
+    from acbmse_cli._loss_names import LOSS_LABELS
+
+    opts, at = result.options, f"{result.detect_threshold:g}"
+    metrics = {LOSS_LABELS[name]: run.metrics for name, run in result.runs.items()}
+    first = next(iter(metrics.values()))  # the held-out set is the same for every loss
+    signal, noise = (_demo_count(first[key]) for key in ("signal_hits", "noise_hits"))
+    grid = result.grid.values
+    return [
+        _demo_table(
+            f"hit finding at output > {at}",
+            f"recall: the signal retained, of {signal} true hits\n"
+            f"noise removed: of the input's {noise} noise hits\n"
+            f"blank frame: no output above {at}",
+            ["loss", "recall", "precision", "F1", "noise\nremoved", "blank\nframes"],
+            _fixed_threshold_rows(metrics),
+        ),
+        _demo_table(
+            f"hit finding over {len(grid)} thresholds, {grid[0]:g} to {grid[-1]:.4g}",
+            "AP: average precision over the thresholds\n"
+            "best F1: the highest, at the threshold shown;\nrecall and precision: at that threshold",
+            ["loss", "AP", "best\nF1", "at\noutput >", "recall", "precision"],
+            _curve_rows(metrics),
+        ),
+        _demo_table(
+            f"error per class; ACB-MSE with A={opts.hit_weight:g}, B={opts.nonhit_weight:g}",
+            None,
+            ["loss", "MSE\nhits", "MSE\nnon-hits", "ACB-MSE"],
+            _error_rows(metrics),
+        ),
+    ]
+
+
+def _demo_count(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else "no"
+
+
 def render_demo_table(result: DemoResult, console: Console) -> None:
-    """Print :func:`demo_metrics_table` of ``result``."""
-    console.print(demo_metrics_table(result))
+    """Print what the run was, then the tables of :func:`demo_metrics_table` of ``result``."""
+    console.print(_demo_title(result), highlight=False)
+    for table in demo_metrics_table(result):
+        console.print()
+        console.print(table)
 
 
 class TrainingProgress:
