@@ -436,27 +436,35 @@ def _comparison_grid(reports: Sequence[EvalResult]) -> _Grid:
             _Column(("MSE", c.name), tuple(_num(r.classes[i].mse) for r in reports))
             for i, c in enumerate(first.classes)
         ),
+        *_detection_columns(reports),
     ]
-    if first.detection is not None:
-        for name in ("recall", "precision", "f1"):
-            header = (name if name != "f1" else "F1", f"at {first.detection.threshold:g}")
-            columns.append(_Column(header, tuple(_num(getattr(r.detection, name)) for r in reports)))
-    if first.denoising is not None:
-        columns.append(
-            _Column(
-                ("noise", "removed"),
-                tuple(_share(None if r.denoising is None else r.denoising.noise_removed) for r in reports),
-            )
-        )
-    if first.detection_curve is not None:
-        curves = [r.detection_curve for r in reports]
-        best = [(c.best_f1() or {}) if c is not None else {} for c in curves]
-        columns.append(
-            _Column(("AP",), tuple(_num(None if c is None else c.average_precision) for c in curves))
-        )
-        columns.append(_Column(("best", "F1"), tuple(_num(b.get("f1")) for b in best)))
-        columns.append(_Column(("at", "threshold"), tuple(_num(b.get("threshold")) for b in best)))
     return _Grid(f"{len(reports)} predictions vs {first.target}", tuple(columns), keys=1)
+
+
+def _detection_columns(reports: Sequence[EvalResult]) -> list[_Column]:
+    """The comparison's columns of hit finding: at the threshold, noise removed, over the curve."""
+    first, columns = reports[0], []
+    if first.detection is not None:
+        at = f"at {first.detection.threshold:g}"
+        for name, header in (("recall", "recall"), ("precision", "precision"), ("f1", "F1")):
+            cells = tuple(_num(getattr(r.detection, name, None)) for r in reports)
+            columns.append(_Column((header, at), cells))
+    if first.denoising is not None:
+        cells = tuple(_share(getattr(r.denoising, "noise_removed", None)) for r in reports)
+        columns.append(_Column(("noise", "removed"), cells))
+    if first.detection_curve is not None:
+        columns += _curve_columns(reports)
+    return columns
+
+
+def _curve_columns(reports: Sequence[EvalResult]) -> list[_Column]:
+    curves = [r.detection_curve for r in reports]
+    best = [{} if c is None else (c.best_f1() or {}) for c in curves]
+    return [
+        _Column(("AP",), tuple(_num(getattr(c, "average_precision", None)) for c in curves)),
+        _Column(("best", "F1"), tuple(_num(b.get("f1")) for b in best)),
+        _Column(("at", "threshold"), tuple(_num(b.get("threshold")) for b in best)),
+    ]
 
 
 def render_table(results: EvalResult | EvalComparison, console: Console) -> None:
