@@ -55,9 +55,9 @@ def _coefficients(
     if member.labels is None:
         hit = member.hit(dtype)
         hits = count_members(hit)
-        count = torch.stack([hit.shape[1] - hits, hits], dim=1)
+        count = torch.stack([member.members() - hits, hits], dim=1)
         coef = class_coefficients(all_reduce(count) if global_counts else count, weights, dtype)
-        non = torch.sub(1.0, hit)
+        non = member.non_hit(hit)
         return count, coef, hit.mul_(coef[:, 1:]).addcmul_(non, coef[:, :1])
     if global_counts:  # every class counted before any coefficient is known
         count = torch.cat([count_members(m, keepdim=True) for m in member.masks()], dim=1)
@@ -89,7 +89,7 @@ class _WeightedSquares(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             count, coef, each = _coefficients(member, weights, x.dtype, global_counts=global_counts)
-            diff = x - y
+            diff = member.masked(x - y, inplace=True)  # G is 0 there, but a NaN left out is not
             scaled = each.mul_(diff)  # G d, in the buffer of G
             terms = diff.mul_(scaled)  # G d^2, in the buffer of d
         ctx.save_for_backward(x, y, coef, scaled)
@@ -104,7 +104,7 @@ class _WeightedSquares(torch.autograd.Function):
             grad_out = grad_out.unsqueeze(1)
         if torch.is_grad_enabled():
             # create_graph: the gradient from differentiable pieces, so that double backward works
-            grad = 2.0 * grad_out * ctx.member.spread(coef, x.dtype) * (x - y)
+            grad = 2.0 * grad_out * ctx.member.spread(coef, x.dtype) * ctx.member.masked(x - y)
         elif grad_out.shape[1] == 1:
             grad = scaled * (grad_out * 2.0)
         else:
@@ -125,7 +125,7 @@ def _plain(
     """The same terms in plain tensor ops, for the compiler: per-class sums of masked squares
     and counts (one fused pass over the data), then the weights."""
     masks = member.masks()
-    square = (x - y) ** 2
+    square = member.masked(x - y) ** 2
     count = torch.stack([count_members(m) for m in masks], dim=1)
     coef = class_coefficients(all_reduce(count) if global_counts else count, weights, x.dtype)
     if per_element:

@@ -27,6 +27,7 @@ from acbmse_cli.stats import (
     balanced_loss,
     check_label_range,
     check_labels,
+    check_mask,
     check_pair,
     check_per_sample,
     class_stats,
@@ -126,6 +127,7 @@ def acb_mse_loss(
     per_sample: bool = False,
     reduction: Reduction = "mean",
     sync_dist: bool = False,
+    mask: Tensor | None = None,
 ) -> Tensor:
     r"""Automatic class-balanced mean squared error.
 
@@ -138,7 +140,8 @@ def acb_mse_loss(
     :math:`|y| >` ``hit_threshold`` and :math:`\ell = A\,\mathrm{MSE}_{hit} +
     B\,\mathrm{MSE}_{non\text{-}hit}`, ``A = hit_weight``, ``B = nonhit_weight``.
     Each class counts the same whatever its size.  A class with no elements
-    adds 0; a NaN or Inf in ``input`` or ``target`` shows in the result.
+    adds 0; a NaN or Inf in ``input`` or ``target`` shows in the result, unless ``mask``
+    leaves that element out.
 
     Args:
         input: prediction :math:`\hat y`, floating point.
@@ -166,10 +169,14 @@ def acb_mse_loss(
             balanced on its own anyway, and ``'mean'``/``'sum'`` reduce over the global batch;
             ``'none'`` returns the local values (with global class counts for pooled classes).
             Without a process group (or with one process) it changes nothing.
+        mask: boolean, True for the elements to keep: an element where it is False is in no
+            class, exactly as if it were not there (it counts in no class, its term and its
+            gradient are 0, whatever its values, NaN included).  With ``per_sample``, a sample
+            left with no elements has loss 0 and still counts in ``'mean'``.
 
     Shape:
         - Input: :math:`(*)`; :math:`(N, *)` with ``per_sample``.
-        - Target, labels: same shape as the input.
+        - Target, labels, mask: same shape as the input.
         - Output: scalar; :math:`(*)` for ``'none'``; :math:`(N)` for ``'none'`` with ``per_sample``.
 
     Half-precision inputs are summed in float32 and give a float32 result.
@@ -184,6 +191,9 @@ def acb_mse_loss(
         tensor(10000.)
         >>> torch.nn.functional.mse_loss(blank, target)
         tensor(2500.)
+        >>> alive = torch.tensor([True, True, False, True])  # a dead pixel, left out
+        >>> acb_mse_loss(torch.tensor([0.0, 0.0, float("nan"), 0.0]), target, mask=alive)
+        tensor(10000.)
     """
     check_pair(input, target)
     weights, threshold = _class_options(
@@ -194,6 +204,8 @@ def acb_mse_loss(
         raise ValueError(f"input must be a floating-point tensor, got dtype {input.dtype}")
     if labels is not None:
         check_labels(labels, target)
+    if mask is not None:
+        check_mask(mask, target)
     check_per_sample(input, per_sample=per_sample)
 
     distributed = sync_dist and _distributed.world()[1] > 1
@@ -206,6 +218,7 @@ def acb_mse_loss(
         hit_threshold=threshold,
         labels=None if labels is None else labels.reshape(groups, width),
         num_classes=len(weights),
+        mask=None if mask is None else mask.reshape(groups, width),
     )
     terms, count = weighted_squares(
         input.to(acc).reshape(groups, width),
@@ -216,8 +229,8 @@ def acb_mse_loss(
         per_element=per_element,
     )
     if labels is not None:
-        check_label_range(labels, count, len(weights))
-        poison = _out_of_range_poison(count, width, acc)
+        check_label_range(labels, count, len(weights), mask)
+        poison = _out_of_range_poison(count, member.members(), acc)
         terms = terms + (poison.unsqueeze(1) if per_element else poison)
     if per_element:
         return terms.reshape(input.shape)
@@ -243,14 +256,15 @@ def _reduce(losses: Tensor, reduction: Reduction, *, per_sample: bool, distribut
     return total / samples.clamp(min=1)
 
 
-def _out_of_range_poison(count: Tensor, width: int, dtype: torch.dtype) -> Tensor:
-    """0, or NaN for a group where some labels fell outside ``[0, K)`` (counted in no class), ``(S,)``.
+def _out_of_range_poison(count: Tensor, members: Tensor | int, dtype: torch.dtype) -> Tensor:
+    """0, or NaN for a group where some labels fell outside ``[0, K)`` (counted in no class), ``(S,)``;
+    ``members``: how many elements of each group the mask keeps.
 
     On the CPU, labels are range-checked with a clear error; on other devices that check
     would need a host sync, so an out-of-range label shows as a NaN loss instead of being
     silently dropped.
     """
-    complete = count.sum(dim=1) == width
+    complete = count.sum(dim=1) == members
     return torch.where(complete, 0.0, math.nan).to(dtype)
 
 
@@ -297,8 +311,11 @@ class ACBMSELoss(nn.Module):
         self.sync_dist = bool(sync_dist)
         self.reduction: Reduction = _check_reduction(reduction, per_sample=self.per_sample)
 
-    def forward(self, input: Tensor, target: Tensor, labels: Tensor | None = None) -> Tensor:
-        """The loss of ``input`` against ``target`` (``labels``: this call's classes)."""
+    def forward(
+        self, input: Tensor, target: Tensor, labels: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        """The loss of ``input`` against ``target`` (``labels``: this call's classes; ``mask``: the
+        elements to keep)."""
         labels = self.labels if labels is None else labels
         if self.class_weights is not None and labels is None:
             raise ValueError("this loss has class_weights: forward needs labels")
@@ -313,6 +330,7 @@ class ACBMSELoss(nn.Module):
             per_sample=self.per_sample,
             reduction=self.reduction,
             sync_dist=self.sync_dist,
+            mask=mask,
         )
 
     def extra_repr(self) -> str:

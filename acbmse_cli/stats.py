@@ -204,7 +204,8 @@ class Membership:
     The two default classes come from the target: hit (class 1) where ``|target| >
     hit_threshold``, non-hit (class 0) elsewhere, a NaN target included.  Labelled classes come
     from an integer tensor: class ``c`` where ``labels == c``; a label outside ``[0, K)`` is in
-    no class.  Indicators are 0/1 tensors in the dtype asked for.
+    no class.  Where the boolean ``mask`` is False an element is in no class at all, whatever
+    its target or label.  Indicators are 0/1 tensors in the dtype asked for.
     """
 
     def __init__(
@@ -214,15 +215,32 @@ class Membership:
         hit_threshold: float = 0.0,
         labels: Tensor | None = None,
         num_classes: int = 2,
+        mask: Tensor | None = None,
     ) -> None:
         self.target = target
         self.hit_threshold = hit_threshold
         self.labels = labels
         self.num_classes = num_classes if labels is not None else 2
+        self.mask = mask
 
     @property
     def labelled(self) -> bool:
         return self.labels is not None
+
+    def members(self) -> Tensor | int:
+        """How many elements each group keeps: ``(S,)`` int64 counts of the mask, or ``M`` without one."""
+        if self.mask is None:
+            return int(self.target.shape[1])
+        return count_members(self.mask)
+
+    def masked(self, values: Tensor, *, inplace: bool = False) -> Tensor:
+        """``values`` with 0 wherever the mask leaves an element out (a NaN there too): differentiable,
+        or in place in ``values`` with ``inplace``."""
+        if self.mask is None:
+            return values
+        if inplace:
+            return values.masked_fill_(self.mask.logical_not(), 0.0)
+        return torch.where(self.mask, values, 0.0)
 
     def hit(self, dtype: torch.dtype, *, out: Tensor | None = None) -> Tensor:
         """The hit indicator in ``dtype``, in ``out`` or a fresh buffer (the default classes only)."""
@@ -233,12 +251,22 @@ class Membership:
             magnitude = target.abs().to(dtype)
             if out is not None:
                 magnitude = out.copy_(magnitude)
-        return torch.gt(magnitude, threshold_in(dtype, self.hit_threshold), out=magnitude)
+        hit = torch.gt(magnitude, threshold_in(dtype, self.hit_threshold), out=magnitude)
+        return hit if self.mask is None else hit.mul_(self.mask)
+
+    def non_hit(self, hit: Tensor, *, out: Tensor | None = None) -> Tensor:
+        """The non-hit indicator from the :meth:`hit` indicator, in ``out`` or a fresh buffer."""
+        non = torch.sub(1.0, hit) if out is None else torch.sub(1.0, hit, out=out)
+        return non if self.mask is None else non.mul_(self.mask)
 
     def float_labels(self, dtype: torch.dtype) -> Tensor:
-        """The labels in ``dtype``: comparisons of float labels are the fast ones."""
+        """The labels in ``dtype`` (-1, no class, where the mask leaves an element out): comparisons
+        of float labels are the fast ones."""
         assert self.labels is not None
-        return self.labels.to(dtype)
+        labels = self.labels.to(dtype)
+        if self.mask is not None:
+            labels.masked_fill_(self.mask.logical_not(), -1.0)
+        return labels
 
     def label_indicators(self, labels: Tensor, *, reuse: bool) -> Iterator[tuple[int, Tensor]]:
         """``(c, indicator of class c)`` for every class, from :meth:`float_labels`; with ``reuse``
@@ -251,8 +279,12 @@ class Membership:
         """Boolean masks of every class, in class order."""
         if self.labels is None:
             hit = hit_mask(self.target.detach(), self.hit_threshold)
-            return [~hit, hit]
-        return [self.labels == c for c in range(self.num_classes)]
+            classes = [~hit, hit]
+        else:
+            classes = [self.labels == c for c in range(self.num_classes)]
+        if self.mask is None:
+            return classes
+        return [torch.logical_and(m, self.mask) for m in classes]
 
     def spread(self, per_class: Tensor, dtype: torch.dtype) -> Tensor:
         """Each element's entry of an ``(S, K)`` per-class tensor: shape ``(S, M)``.
@@ -262,7 +294,7 @@ class Membership:
         """
         if self.labels is None:
             hit = self.hit(dtype)
-            non = torch.sub(1.0, hit)
+            non = self.non_hit(hit)
             return hit.mul_(per_class[:, 1:]).addcmul_(non, per_class[:, :1])
         out: Tensor | None = None
         for c, indicator in self.label_indicators(self.float_labels(dtype), reuse=True):
@@ -330,17 +362,30 @@ def check_per_sample(input: Tensor, *, per_sample: bool) -> None:
         raise ValueError("per_sample=True needs a batch dimension (dim 0), got a 0-dimensional input")
 
 
-def check_label_range(labels: Tensor, count: Tensor, num_classes: int) -> None:
-    """Every label in ``[0, K)``, read off the class counts (a label outside is counted nowhere).
+def check_mask(mask: object, target: Tensor) -> Tensor:
+    """A boolean tensor of the target's shape."""
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"mask must be a boolean tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a boolean tensor (True = keep), got dtype {mask.dtype}")
+    if mask.shape != target.shape:
+        raise ValueError(f"mask must have the target's shape {tuple(target.shape)}, got {tuple(mask.shape)}")
+    return mask
+
+
+def check_label_range(labels: Tensor, count: Tensor, num_classes: int, mask: Tensor | None = None) -> None:
+    """Every label in ``[0, K)``, read off the class counts (a label outside is counted nowhere);
+    with ``mask``, every label that it keeps.
 
     Reading the counts back to the host is free on the CPU and a sync elsewhere, so the check
     runs on the CPU only (elsewhere the loss shows such labels as NaN).
     """
     if labels.device.type != "cpu" or not labels.numel() or torch.compiler.is_compiling():
         return
-    if int(count.sum()) == labels.numel():
+    kept = labels if mask is None else labels[mask]
+    if int(count.sum()) == kept.numel():
         return
-    low_t, high_t = torch.aminmax(labels)
+    low_t, high_t = torch.aminmax(kept)
     raise ValueError(
         f"labels must lie in [0, {num_classes}) for {num_classes} class_weights, "
         f"got values from {int(low_t)} to {int(high_t)}"
@@ -357,17 +402,21 @@ def class_stats(
     per_sample: bool = False,
     dtype: torch.dtype | None = None,
     extended: bool = False,
+    mask: Tensor | None = None,
+    host_sync: bool = True,
 ) -> ClassStats:
     r"""Per-class counts and sums of squared error, the statistics ACB-MSE is made of.
 
     Classes come from the target: non-hit (class 0) where
     :math:`|y| \le` ``hit_threshold`` and hit (class 1) where :math:`|y| >`
     ``hit_threshold``; or, with ``labels``, class ``labels[i]`` for element ``i``.
+    An element where ``mask`` is False is in no class.
 
     The sums are differentiable with respect to ``input`` and ``target``; the
     class membership is not (it is piecewise constant).  Without autograd
     (evaluation) all sums come from one matrix product and one flag per call
-    is read back, to fall back to masking when a sum is not finite.
+    is read back, to fall back to masking when a sum is not finite; with
+    ``host_sync=False`` nothing is read back and the sums come from masking.
 
     Args:
         input: the prediction :math:`\hat y`.
@@ -378,10 +427,13 @@ def class_stats(
         per_sample: one group per sample (dim 0) instead of one for everything.
         dtype: accumulation dtype; default float32, or float64 when an input is.
         extended: also fill ``sae``, ``max_abs_error``, ``sum_target``, ``sum_input``.
+        mask: boolean, False where an element is left out of every class.
+        host_sync: allow the one read-back of the matrix-product path (free on the CPU, a
+            device sync elsewhere); with False, a loop on a GPU never waits here.
 
     Shape:
         - Input: :math:`(*)`, or :math:`(N, *)` with ``per_sample``.
-        - Target, labels: same shape as the input.
+        - Target, labels, mask: same shape as the input.
         - Output fields: :math:`(1, K)`, or :math:`(N, K)` with ``per_sample``.
     """
     check_pair(input, target)
@@ -389,6 +441,8 @@ def class_stats(
         if num_classes is None:
             raise ValueError("num_classes is required with labels")
         check_labels(labels, target)
+    if mask is not None:
+        check_mask(mask, target)
     check_per_sample(input, per_sample=per_sample)
     acc = dtype if dtype is not None else accumulation_dtype(input.dtype, target.dtype)
     groups, width = groups_of(input.shape, per_sample=per_sample)
@@ -398,13 +452,14 @@ def class_stats(
         hit_threshold=hit_threshold,
         labels=None if labels is None else labels.reshape(groups, width),
         num_classes=num_classes or 2,
+        mask=None if mask is None else mask.reshape(groups, width),
     )
     differentiable = torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)
-    stats = None if differentiable else _stats_by_matmul(x, y, member, acc)
+    stats = None if differentiable or not host_sync else _stats_by_matmul(x, y, member, acc)
     if stats is None:
-        stats = _stats_by_masks(x.to(acc), y.to(acc), member)
+        stats = _stats_by_masks(x.to(acc), y.to(acc), member, extended=extended)
     if labels is not None:
-        check_label_range(labels, stats.count, member.num_classes)
+        check_label_range(labels, stats.count, member.num_classes, mask)
     if extended:
         return stats
     return ClassStats(count=stats.count, sse=stats.sse)
@@ -429,12 +484,14 @@ def _stats_by_matmul(x: Tensor, y: Tensor, member: Membership, acc: torch.dtype)
     indicators = torch.empty(groups, member.num_classes, width, dtype=acc, device=x.device)
     if member.labels is None:
         # the target's copy in ``values`` is in the accumulation dtype already
-        hit = Membership(ys, hit_threshold=member.hit_threshold).hit(acc, out=indicators[:, 1])
-        torch.sub(1.0, hit, out=indicators[:, 0])
+        own = Membership(ys, hit_threshold=member.hit_threshold, mask=member.mask)
+        own.non_hit(own.hit(acc, out=indicators[:, 1]), out=indicators[:, 0])
     else:
         labels = member.float_labels(acc)
         for c in range(member.num_classes):
             torch.eq(labels, c, out=indicators[:, c])
+    if member.mask is not None:  # a NaN left out must not reach the product (NaN * 0 is NaN)
+        values.masked_fill_(member.mask.logical_not().unsqueeze(1), 0.0)
     sums = torch.bmm(indicators, values.transpose(1, 2))  # (S, K, 4): this orientation runs faster
     # one number to read back: the sum of all sums is finite unless some sum is not (or they
     # overflow together, and then the masked path is merely slower)
@@ -455,11 +512,18 @@ def _stats_by_matmul(x: Tensor, y: Tensor, member: Membership, acc: torch.dtype)
     )
 
 
-def _stats_by_masks(x: Tensor, y: Tensor, member: Membership) -> ClassStats:
-    """Every statistic by boolean masking: slower, differentiable, and an Inf in one class cannot
-    spill into another (``Inf * 0`` is NaN; a masked-out element is never touched)."""
+def _stats_by_masks(x: Tensor, y: Tensor, member: Membership, *, extended: bool = True) -> ClassStats:
+    """The statistics by boolean masking (``count`` and ``sse`` only unless ``extended``): slower,
+    differentiable, no host sync, and an Inf in one class cannot spill into another (``Inf * 0``
+    is NaN; a masked-out element is never touched)."""
     masks = member.masks()
     diff = x - y
+    count = torch.stack([count_members(m) for m in masks], dim=1)
+    if not extended:
+        square = diff * diff
+        return ClassStats(
+            count=count, sse=torch.stack([torch.where(m, square, 0.0).sum(dim=1) for m in masks], 1)
+        )
     err = diff.abs()
 
     def per_class(values: Tensor, merge: Merge) -> Tensor:
@@ -470,7 +534,7 @@ def _stats_by_masks(x: Tensor, y: Tensor, member: Membership) -> ClassStats:
 
     fields_of = {"sse": diff * diff, "sae": err, "max_abs_error": err, "sum_target": y, "sum_input": x}
     return ClassStats(
-        count=torch.stack([count_members(m) for m in masks], dim=1),
+        count=count,
         **{name: per_class(values, ClassStats.merge_of(name)) for name, values in fields_of.items()},
     )
 

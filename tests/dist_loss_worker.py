@@ -20,6 +20,9 @@ CASES = {
     "per_sample_sum": {"per_sample": True, "reduction": "sum"},
     "labels": {"labels": True, "class_weights": [0.5, 1.0, 4.0]},
     "labels_per_sample": {"labels": True, "class_weights": [0.5, 1.0, 4.0], "per_sample": True},
+    "mask": {"mask": True, "hit_weight": 2.0},
+    "mask_per_sample": {"mask": True, "per_sample": True},
+    "labels_mask": {"labels": True, "class_weights": [0.5, 1.0, 4.0], "mask": True},
 }
 SPLIT = (2, 5)  # rank 0 holds samples [0, 2), rank 1 samples [2, 7): different sizes and hit counts
 
@@ -36,10 +39,20 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return pred.double(), target.double(), labels
 
 
-def options_for(name: str, labels: torch.Tensor) -> dict[str, object]:
+def global_mask() -> torch.Tensor:
+    """The elements to keep: a dead column in every sample and a tenth of the pixels at random."""
+    gen = torch.Generator().manual_seed(4321)
+    keep = torch.rand(7, 1, 12, 16, generator=gen) > 0.1
+    keep[..., 3] = False
+    return keep
+
+
+def options_for(name: str, labels: torch.Tensor, mask: torch.Tensor) -> dict[str, object]:
     options = dict(CASES[name])
     if options.get("labels") is True:
         options["labels"] = labels
+    if options.get("mask") is True:
+        options["mask"] = mask
     return options
 
 
@@ -47,12 +60,13 @@ def main(out_dir: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     pred, target, labels = global_batch()
+    mask = global_mask()
     start = sum(SPLIT[:rank])
     local = slice(start, start + SPLIT[rank])
     results: dict[str, object] = {"rank": rank, "world": world, "slice": (local.start, local.stop)}
     for name in CASES:
         x = pred[local].clone().requires_grad_()
-        options = options_for(name, labels[local])
+        options = options_for(name, labels[local], mask[local])
         loss = acb_mse_loss(x, target[local], sync_dist=True, **options)  # type: ignore[arg-type]
         loss.backward()
         unsynced = acb_mse_loss(pred[local], target[local], **options)  # type: ignore[arg-type]

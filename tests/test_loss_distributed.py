@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_loss_worker import CASES, SPLIT, global_batch, options_for
+from dist_loss_worker import CASES, SPLIT, global_batch, global_mask, options_for
 
 from acbmse_cli import ACBMSELoss, acb_mse_loss
 
@@ -57,7 +57,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 def test_every_rank_gets_the_global_loss_and_scaled_gradient(ranks, name):
     pred, target, labels = global_batch()
     x = pred.clone().requires_grad_()
-    expected = acb_mse_loss(x, target, **options_for(name, labels))  # type: ignore[arg-type]
+    expected = acb_mse_loss(x, target, **options_for(name, labels, global_mask()))  # type: ignore[arg-type]
     expected.backward()
     world = len(ranks)
     for result in ranks:
@@ -94,7 +94,7 @@ def test_module_option(ranks):
 def test_without_a_process_group_sync_dist_changes_nothing():
     pred, target, labels = global_batch()
     for name in CASES:
-        options = options_for(name, labels)
+        options = options_for(name, labels, global_mask())
         torch.testing.assert_close(
             acb_mse_loss(pred, target, sync_dist=True, **options),  # type: ignore[arg-type]
             acb_mse_loss(pred, target, **options),  # type: ignore[arg-type]
