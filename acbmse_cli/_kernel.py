@@ -89,9 +89,10 @@ class _WeightedSquares(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             count, coef, each = _coefficients(member, weights, x.dtype, global_counts=global_counts)
-            diff = member.masked(x - y, inplace=True)  # G is 0 there, but a NaN left out is not
+            diff = member.keep_(x - y)  # G is 0 where the mask leaves out, but a NaN there is not
             scaled = each.mul_(diff)  # G d, in the buffer of G
             terms = diff.mul_(scaled)  # G d^2, in the buffer of d
+        member.release()  # the backward needs none of the mask's bits: not kept until it runs
         ctx.save_for_backward(x, y, coef, scaled)
         ctx.member = member
         ctx.mark_non_differentiable(count)

@@ -74,6 +74,7 @@ def render(results: dict[str, Any]) -> None:
             f"<= 1.5x default ({loss['three_classes_to_default']:.2f}x)",
             loss["three_classes_to_default"] <= 1.5,
         ),
+        ("acb_mse_loss mask", f"({loss['mask_to_default']:.2f}x default, 1% dead pixels)", None),
         ("acb_mse_loss compiled", "<= 1.15x", ratio["acb_mse_loss compiled"] <= 1.15),
         (
             "acb-mse 1.0.6",
