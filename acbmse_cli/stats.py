@@ -475,14 +475,7 @@ def class_stats(
         - Target, labels, mask: same shape as the input.
         - Output fields: :math:`(1, K)`, or :math:`(N, K)` with ``per_sample``.
     """
-    check_pair(input, target)
-    if labels is not None:
-        if num_classes is None:
-            raise ValueError("num_classes is required with labels")
-        check_labels(labels, target)
-    if mask is not None:
-        check_mask(mask, target)
-    check_per_sample(input, per_sample=per_sample)
+    _check_stats_inputs(input, target, labels, num_classes, mask, per_sample=per_sample)
     acc = dtype if dtype is not None else accumulation_dtype(input.dtype, target.dtype)
     groups, width = groups_of(input.shape, per_sample=per_sample)
     x, y = input.reshape(groups, width), target.reshape(groups, width)
@@ -502,6 +495,25 @@ def class_stats(
     if extended:
         return stats
     return ClassStats(count=stats.count, sse=stats.sse)
+
+
+def _check_stats_inputs(
+    input: Tensor,
+    target: Tensor,
+    labels: Tensor | None,
+    num_classes: int | None,
+    mask: Tensor | None,
+    *,
+    per_sample: bool,
+) -> None:
+    check_pair(input, target)
+    if labels is not None:
+        if num_classes is None:
+            raise ValueError("num_classes is required with labels")
+        check_labels(labels, target)
+    if mask is not None:
+        check_mask(mask, target)
+    check_per_sample(input, per_sample=per_sample)
 
 
 def _stats_by_matmul(x: Tensor, y: Tensor, member: Membership, acc: torch.dtype) -> ClassStats | None:

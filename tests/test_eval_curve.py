@@ -163,6 +163,7 @@ def test_the_curve_at_t_counts_exactly_what_detect_threshold_t_counts(files: dic
 
 def test_average_precision_matches_sklearn_where_the_grid_holds_every_prediction(tmp_path: Path) -> None:
     from sklearn import metrics as sklearn_metrics
+
     rng = np.random.default_rng(3)
     target = np.where(rng.random((30, 20)) < 0.2, 50.0, 0.0)
     pred = np.round(target * 0.4 + rng.normal(0, 8, target.shape), 1)  # ties on purpose
