@@ -173,6 +173,15 @@ def eval_command(
             rich_help_panel=INPUT,
         ),
     ] = "raise",
+    mask: Annotated[
+        str | None,
+        typer.Option(
+            help="A file of the target's shape: the elements where it is 0 (False) are left out of "
+            "everything (dead pixels, regions of no interest).",
+            show_default=False,
+            rich_help_panel=INPUT,
+        ),
+    ] = None,
     hit_threshold: Annotated[
         float, typer.Option(help="Hits are the elements with |target| > this.", rich_help_panel=CLASSES)
     ] = 0.0,
@@ -313,6 +322,7 @@ def eval_command(
                 input=input_file,
                 input_key=input_key,
                 figure_stats=figures is not None,
+                mask=mask,
             )
             comparison = _evaluate_with_progress(preds, target, options, show=rank == 0 and not quiet)
     finally:

@@ -162,6 +162,7 @@ class EvalResult:
     mean_pred: float | None = None
     omitted: int | None = None
     detection: DetectionResult | None = None
+    masked: int | None = None
     worst_samples: tuple[SampleResult, ...] | None = None
     run: dict[str, Any] | None = None
     denoising: DenoisingResult | None = None
@@ -170,8 +171,9 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document: ``pred``, ``target``, ``elements``, ``classes``, ``mse``, ``mae`` and
-        ``acb_mse``; then ``omitted``, ``detection`` and ``worst_samples`` when those options were
-        given; and ``run``, the version and the options that made it."""
+        ``acb_mse``; then ``omitted``, ``masked`` (the elements that ``--mask`` left out),
+        ``detection`` and ``worst_samples`` when those options were given; and ``run``, the version
+        and the options that made it."""
         doc: dict[str, Any] = {
             "pred": self.pred,
             "target": self.target,
@@ -183,6 +185,8 @@ class EvalResult:
         }
         if self.omitted is not None:
             doc["omitted"] = self.omitted
+        if self.masked is not None:
+            doc["masked"] = self.masked
         if self.detection is not None:
             doc["detection"] = asdict(self.detection)
         if self.worst_samples is not None:
@@ -299,6 +303,8 @@ class EvalOptions:
         input, input_key: the network's input (the noisy frames, the target's shape): with
             detection, also the noise removed (:class:`DenoisingResult`).
         figure_stats: also count the histograms of the figures (:class:`~acbmse_cli.histograms.ErrorStats`).
+        mask: a file of the target's shape; the elements where it is 0 (False) are left out of
+            everything, as if they were not there (dead pixels, regions of no interest).
         nan_policy: ``"raise"``: NaN or Inf in either file is an error that says how many
             and where the first is; ``"omit"``: leave those elements out.
         device: where the arithmetic runs (``"auto"``, ``"cpu"``, ``"cuda:1"``...).
@@ -329,6 +335,7 @@ class EvalOptions:
     input: str | os.PathLike[str] | None = None
     input_key: str | None = None
     figure_stats: bool = False
+    mask: str | os.PathLike[str] | None = None
     classes: ClassSpec = field(init=False, repr=False, compare=False)
     torch_device: torch.device = field(init=False, repr=False, compare=False)
 
@@ -376,6 +383,8 @@ class EvalOptions:
         if self.input is not None:
             record["input"] = os.fspath(self.input)
             record["input_key"] = self.input_key
+        if self.mask is not None:
+            record["mask"] = os.fspath(self.mask)
         return record
 
     @property
@@ -511,7 +520,13 @@ def _rank_device(device: torch.device, rank: int, world: int) -> torch.device:
 
 
 def _chunk_class_stats(
-    x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, classes: ClassSpec, *, per_sample: bool
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lab: torch.Tensor | None,
+    classes: ClassSpec,
+    *,
+    per_sample: bool,
+    keep: torch.Tensor | None = None,
 ) -> ClassStats:
     """:func:`acbmse_cli.loss.class_stats`, extended and in float64, as a :class:`ClassStats`."""
     return class_stats(
@@ -523,6 +538,7 @@ def _chunk_class_stats(
         per_sample=per_sample,
         dtype=torch.float64,
         extended=True,
+        mask=keep,
     )
 
 
@@ -555,6 +571,7 @@ class _ChunkResult:
     detection: DetectionStats | None = None  # at --detect-threshold
     curve: DetectionStats | None = None  # at every threshold of the curve's grid
     figures: ErrorStats | None = None
+    masked: int = 0  # elements that the mask left out
 
 
 @dataclass(frozen=True)
@@ -569,26 +586,30 @@ class _Plan:
 
 @dataclass
 class _Chunk:
-    """The values of one chunk: prediction, target, labels and the network's input."""
+    """The values of one chunk: prediction, target, labels, the network's input, and the mask
+    (True: keep; ``None``: keep everything)."""
 
     x: torch.Tensor
     y: torch.Tensor
     lab: torch.Tensor | None
     noisy: torch.Tensor | None
+    keep: torch.Tensor | None = None
 
     def rows(self, n_rows: int) -> _Chunk:
         """The same values as ``(n_rows, -1)`` views."""
         return self._map(lambda v: v.reshape(n_rows, -1))
 
     def kept(self, keep: torch.Tensor) -> _Chunk:
-        """The elements where ``keep`` is True."""
-        return self._map(lambda v: v[keep])
+        """The elements where ``keep`` is True (all of them kept)."""
+        kept = self._map(lambda v: v[keep])
+        kept.keep = None
+        return kept
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> _Chunk:
         def opt(v: torch.Tensor | None) -> torch.Tensor | None:
             return None if v is None else fn(v)
 
-        return _Chunk(fn(self.x), fn(self.y), opt(self.lab), opt(self.noisy))
+        return _Chunk(fn(self.x), fn(self.y), opt(self.lab), opt(self.noisy), opt(self.keep))
 
 
 class _ChunkComputer:
@@ -609,22 +630,25 @@ class _ChunkComputer:
     def compute(self, start: int, stop: int, chunk: _Chunk) -> _ChunkResult:
         """The statistics of elements ``[start, stop)``, whose values are ``chunk``."""
         if chunk.lab is not None and chunk.lab.device.type != "cpu":  # class_stats checks on the CPU only
-            self._check_label_range(chunk.lab, start)
+            self._check_label_range(chunk.lab if chunk.keep is None else chunk.lab[chunk.keep], start)
         rows = self.per_sample and start % self.row_size == 0 and (stop - start) % self.row_size == 0
         if rows:  # whole samples: one group each
             chunk = chunk.rows((stop - start) // self.row_size)
-        x, y, lab = chunk.x, chunk.y, chunk.lab
-        result = _ChunkResult(start, stop, rows, self._class_stats(x, y, lab, start, per_sample=rows))
+        x, y, lab, mask = chunk.x, chunk.y, chunk.lab, chunk.keep
+        stats = self._class_stats(x, y, lab, start, per_sample=rows, keep=mask)
+        result = _ChunkResult(start, stop, rows, stats, masked=0 if mask is None else int((~mask).sum()))
         # A NaN or Inf in either file makes its class's sum of targets or of predictions
         # non-finite: the sums show whether the chunk needs a closer look, at no cost.
         if self.check_finite and not _sums_are_finite(result.stats):
-            found = self._find_nonfinite(x, y, start)
+            found = self._find_nonfinite(x, y, start, mask)
             if found is not None:  # else finite values whose sums overflowed: nothing to leave out
                 keep, result.nonfinite = found
                 if not self.omit:
                     return result  # the run ends in an error; only the counts matter now
                 result.stats = self._omit(x, y, lab, keep, result.stats, start, rows=rows)
                 chunk = chunk.kept(keep)
+        if chunk.keep is not None:
+            chunk = chunk.kept(chunk.keep)
         self._count_detection(result, chunk)
         return result
 
@@ -643,30 +667,43 @@ class _ChunkComputer:
             result.figures = error_stats(chunk.x, chunk.y, classes, num, plan.bounds, hit=hit)
 
     def _class_stats(
-        self, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, start: int, *, per_sample: bool
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        lab: torch.Tensor | None,
+        start: int,
+        *,
+        per_sample: bool,
+        keep: torch.Tensor | None = None,
     ) -> ClassStats:
         try:
-            return _chunk_class_stats(x, y, lab, self.classes, per_sample=per_sample)
+            return _chunk_class_stats(x, y, lab, self.classes, per_sample=per_sample, keep=keep)
         except ValueError as exc:
             if lab is None:
                 raise
-            raise self._label_error(lab, start) from exc
+            # the first label out of range that the mask keeps (0 is in range)
+            raise self._label_error(lab if keep is None else torch.where(keep, lab, 0), start) from exc
 
     def _find_nonfinite(
-        self, x: torch.Tensor, y: torch.Tensor, start: int
+        self, x: torch.Tensor, y: torch.Tensor, start: int, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, _NonFinite] | None:
-        """Where both values are finite (``keep``), and the NaN and Inf values; None if there are none."""
+        """Where both values are finite and the mask keeps them (``keep``), and the NaN and Inf
+        values that it keeps; None if there are none."""
         finite_x, finite_y = torch.isfinite(x), torch.isfinite(y)
+        if mask is not None:  # a NaN that the mask leaves out is not there
+            finite_x, finite_y = finite_x | ~mask, finite_y | ~mask
         keep = finite_x & finite_y
         if bool(keep.all()):
             return None
+        if mask is not None:
+            keep &= mask
         bad_x, bad_y = ~finite_x.reshape(-1), ~finite_y.reshape(-1)
         counts = (int(bad_x.sum()), int(bad_y.sum()))
         first = (
             start + int(torch.argmax(bad_x.to(torch.uint8))) if counts[0] else self.pred.size,
             start + int(torch.argmax(bad_y.to(torch.uint8))) if counts[1] else self.inputs.target.size,
         )
-        return keep, _NonFinite(counts, first, omitted=int((~keep).sum()))
+        return keep, _NonFinite(counts, first, omitted=int((~(finite_x & finite_y)).sum()))
 
     def _omit(
         self, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, keep: torch.Tensor,
@@ -774,6 +811,7 @@ class _Totals:
     omitted: int = 0
     curve: DetectionStats | None = None
     figures: ErrorStats | None = None
+    masked: int = 0
 
     def add_nonfinite(self, found: _NonFinite) -> None:
         self.nonfinite = (self.nonfinite[0] + found.counts[0], self.nonfinite[1] + found.counts[1])
@@ -782,7 +820,9 @@ class _Totals:
 
     def all_reduce(self) -> _Totals:
         """The totals of all ranks, on every rank."""
-        counts = _distributed.all_reduce(torch.tensor([*self.nonfinite, self.omitted], dtype=torch.int64))
+        counts = _distributed.all_reduce(
+            torch.tensor([*self.nonfinite, self.omitted, self.masked], dtype=torch.int64)
+        )
         first_bad = _distributed.all_reduce(torch.tensor(self.first_bad, dtype=torch.int64), "min")
         return _Totals(
             stats=self.stats.to("cpu").all_reduce(),
@@ -793,6 +833,7 @@ class _Totals:
             nonfinite=(int(counts[0]), int(counts[1])),
             first_bad=(int(first_bad[0]), int(first_bad[1])),
             omitted=int(counts[2]),
+            masked=int(counts[3]),
         )
 
 
@@ -823,6 +864,7 @@ class _Accumulator:
 
     def fold(self, result: _ChunkResult) -> None:
         totals = self.totals
+        totals.masked += result.masked
         if result.nonfinite is not None:
             totals.add_nonfinite(result.nonfinite)
         if totals.nonfinite != (0, 0) and not self.omit:
@@ -867,6 +909,7 @@ class _Inputs:
     labels: ArraySource | None
     noisy: ArraySource | None
     device: torch.device
+    mask: ArraySource | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -886,6 +929,10 @@ class _Inputs:
         lab = self.labels.read(start, stop).to(self.device) if self.labels is not None else None
         noisy = self.noisy.read(start, stop).to(self.device) if self.noisy is not None else None
         return y, lab, noisy
+
+    def read_mask(self, start: int, stop: int) -> torch.Tensor | None:
+        """Elements ``[start, stop)`` of the mask as booleans, True where nonzero (kept)."""
+        return None if self.mask is None else self.mask.read(start, stop).to(self.device) != 0
 
 
 @contextlib.contextmanager
@@ -908,11 +955,12 @@ def _open_inputs(
             ps.append(p)
         lab = _open_like(files, t, options.labels, None, "--labels", role="labels")
         noisy = _open_like(files, t, options.input, options.input_key, "--input-key", role="values")
+        mask = _open_like(files, t, options.mask, None, "--mask", role="values")
         if options.per_sample and not t.shape:
             raise InputError(
                 f"--per-sample needs a batch dimension (dim 0), but {t.name} is a 0-dimensional array"
             )
-        yield _Inputs(tuple(ps), t, lab, noisy, device)
+        yield _Inputs(tuple(ps), t, lab, noisy, device, mask=mask)
 
 
 def _open_like(
@@ -929,7 +977,7 @@ def _open_like(
         return None
     source = files.enter_context(open_array(path, key=key, key_option=key_option, role=role))
     if source.shape != target.shape:
-        what = "labels have" if role == "labels" else "the input has"
+        what = {"--labels": "labels have", "--mask": "the mask has"}.get(key_option, "the input has")
         raise InputError(
             f"{source.name}: {what} shape {source.shape} but {target.name} has shape {target.shape}"
         )
@@ -953,9 +1001,10 @@ def _stream(
         with _recycled_temporaries(), torch.inference_mode():
             for start, stop in ranges:
                 y, lab, noisy = inputs.read_shared(start, stop)
+                keep = inputs.read_mask(start, stop)
                 for pred, computer, accumulator in zip(inputs.preds, computers, accumulators, strict=True):
                     x = pred.read(start, stop).to(inputs.device)
-                    accumulator.fold(computer.compute(start, stop, _Chunk(x, y, lab, noisy)))
+                    accumulator.fold(computer.compute(start, stop, _Chunk(x, y, lab, noisy, keep)))
                 progress(stop - start)
     finally:
         torch.set_num_threads(threads)
@@ -1063,7 +1112,9 @@ def _hit_range(inputs: _Inputs, options: EvalOptions) -> tuple[float | None, flo
         with torch.inference_mode():
             for start, stop in chunk_ranges(inputs.shape, options.chunk, (first, last)):
                 y = inputs.target.read(start, stop)
-                values = y[hit_mask(y, options.classes.hit_threshold)]
+                hits = hit_mask(y, options.classes.hit_threshold)
+                keep = inputs.read_mask(start, stop)
+                values = y[hits if keep is None else hits & keep.to(hits.device)]
                 values = values[torch.isfinite(values)].to(torch.float64)
                 if values.numel():
                     low, high = torch.aminmax(values)
@@ -1201,6 +1252,11 @@ def _summarize(
     stats = totals.stats.to("cpu")
     sae, max_abs, sum_target, sum_input = _extended(stats)
     elements = int(stats.count.sum())
+    if elements == 0 and totals.masked:
+        raise InputError(
+            f"{pred} vs {target}: nothing left to score: --mask left out {totals.masked:,} elements "
+            f"and NaN/Inf values {totals.omitted:,} more"
+        )
     if elements == 0:  # a score of 0 here would pass any gate on a file of nothing but NaN
         raise InputError(
             f"{pred} vs {target}: every element ({totals.omitted:,}) was NaN/Inf in one file "
@@ -1219,6 +1275,7 @@ def _summarize(
         mean_target=float(sum_target.sum()) / elements,
         mean_pred=float(sum_input.sum()) / elements,
         omitted=totals.omitted if options.omit else None,
+        masked=totals.masked if options.mask is not None else None,
         detection=_detection_result(totals.detection, plan.fixed),
         worst_samples=None if totals.top is None else _worst_samples(totals.top),
         run=_run_record(options, plan),

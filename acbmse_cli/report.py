@@ -402,6 +402,8 @@ def _summary(result: EvalResult, width: int) -> Text:
     totals = [f"ACB-MSE {_num(result.acb_mse)}", f"MSE {_num(result.mse)}", f"MAE {_num(result.mae)}"]
     if result.omitted is not None:
         totals.append(f"({result.omitted:,} elements with NaN/Inf left out)")
+    if result.masked is not None:
+        totals.append(f"({result.masked:,} elements left out by --mask)")
     return Text(_pack(totals, width, sep="   "))
 
 
