@@ -31,7 +31,7 @@ from typing import BinaryIO
 
 from acbmse_cli.errors import InputError
 
-__all__ = ["OutputDir", "Writer", "as_output_dir", "write_files"]
+__all__ = ["OutputDir", "Writer", "as_output_dir", "check_destinations", "write_files"]
 
 #: Writes one file's bytes into the open binary stream that it is given.
 Writer = Callable[[BinaryIO], None]
@@ -123,6 +123,16 @@ def write_files(writers: Mapping[Path, Writer], *, context: str | None = None) -
         _remove(temporaries, created)
         raise
     return destinations
+
+
+def check_destinations(destinations: Sequence[Path], *, context: str | None = None) -> None:
+    """Refuse now what :func:`write_files` would refuse of these destinations: a destination that is a
+    folder, or one in a folder that cannot be written (for a command to check before its long work).
+
+    Raises:
+        InputError: naming the destination, after ``context`` as in :func:`write_files`.
+    """
+    _check_destinations(destinations, "" if context is None else f"{context}: ")
 
 
 def _check_destinations(destinations: Sequence[Path], prefix: str) -> None:

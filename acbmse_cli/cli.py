@@ -470,7 +470,14 @@ def demo(
     frame_size: Annotated[str, typer.Option(hidden=True)] = "88x128",
 ) -> None:
     from acbmse_cli._files import OutputDir
-    from acbmse_cli.demo import DemoOptions, parse_frame_size, parse_losses, run_demo, save_outputs
+    from acbmse_cli.demo import (
+        DemoOptions,
+        check_outputs,
+        parse_frame_size,
+        parse_losses,
+        run_demo,
+        save_outputs,
+    )
     from acbmse_cli.devices import resolve_device
     from acbmse_cli.report import TrainingProgress, render_demo_table, stdout_console
 
@@ -489,6 +496,7 @@ def demo(
     )
     figure_dir = None if out is None else OutputDir(out, option="--out")
     data_dir = None if save_data is None else OutputDir(save_data, option="--save-data")
+    check_outputs(options, data_dir=data_dir, figure_dir=figure_dir)  # before training, not after
     torch_device = resolve_device(device)
     with TrainingProgress(options.losses, options.steps, enabled=not quiet) as progress:
         result = run_demo(options, device=torch_device, progress=progress.callback)
