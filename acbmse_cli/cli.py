@@ -310,8 +310,18 @@ def _apply_gate(score: float, fail_above: float | None, *, speak: bool) -> None:
         return
     if speak:
         verdict = "is not a number, which fails" if math.isnan(score) else "is above"
-        sys.stderr.write(f"acbmse: ACB-MSE {score:.6g} {verdict} --fail-above {fail_above:g}\n")
+        shown, limit = _distinct_numbers(score, fail_above)
+        sys.stderr.write(f"acbmse: ACB-MSE {shown} {verdict} --fail-above {limit}\n")
     raise typer.Exit(1)
+
+
+def _distinct_numbers(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` with 6 significant digits, or as many more as it takes to tell them apart."""
+    for digits in range(6, 18):
+        shown = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if shown[0] != shown[1]:
+            return shown
+    return repr(a), repr(b)
 
 
 # --------------------------------------------------------------------------- curves
