@@ -523,8 +523,10 @@ def demo(
 
 def _tell_written(paths: list[Any]) -> None:
     """A ``Wrote PATH`` line per file, on stderr."""
+    from acbmse_cli._streams import printable
+
     for path in paths:
-        sys.stderr.write(f"Wrote {path}\n")
+        sys.stderr.write(f"Wrote {printable(path)}\n")
 
 
 @contextlib.contextmanager
@@ -567,19 +569,16 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``acbmse`` and ``python -m acbmse_cli``."""
+    from acbmse_cli._streams import standard_streams
+
     args = sys.argv[1:] if argv is None else list(argv)
-    if not args:  # the help, and the usage error's code, whatever the parser's version does
-        with _stdout_guard():
-            _run(["--help"])
-        sys.exit(2)
-    code = _run(args)
-    try:
-        with _stdout_guard():  # output still buffered is written now, under the same rules
-            pass
-    except InputError as exc:
-        _error_line(str(exc))
-        code = InputError.exit_code
-    sys.exit(code)
+    with standard_streams() as streams:
+        status = _run(args or ["--help"])  # no arguments: the help, with the usage error's code
+        failure = streams.finish()  # output still buffered is written now, under the same rules
+        if failure is not None and status in (0, 1):  # the report is lost: that is the error to tell
+            _error_line(failure)
+            status = InputError.exit_code
+    sys.exit(status if args else 2)
 
 
 @contextlib.contextmanager
@@ -639,6 +638,10 @@ def _run(args: list[str]) -> int:
 
 
 def _error_line(message: str) -> None:
-    text = " ".join(message.split())
+    """``acbmse: error: MESSAGE`` on stderr: one line, its control characters escaped (a file name
+    from the user or from inside a file must not drive the terminal)."""
+    from acbmse_cli._streams import printable
+
+    text = printable(" ".join(message.split()))
     sys.stderr.write(f"acbmse: error: {text}\n")
     sys.stderr.flush()

@@ -260,8 +260,11 @@ def _rich_table(
     from rich.table import Table
     from rich.text import Text
 
-    # Paths and class names are the user's text, never markup: "[/a]" must print as "[/a]".
-    table = Table(title=None if title is None else Text(title), title_justify="left")
+    from acbmse_cli._streams import printable
+
+    # Paths and class names are the user's text, never markup: "[/a]" must print as "[/a]"; and a
+    # path's control characters are escaped, so that a file name cannot drive the terminal.
+    table = Table(title=None if title is None else Text(printable(title)), title_justify="left")
     for i, column in enumerate(columns):
         width = None if widths is None else widths[i]
         table.add_column(
