@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from acbmse_cli._signals import Terminated, terminations_raise
 from acbmse_cli._version import __version__
 from acbmse_cli.errors import InputError
 
@@ -572,12 +574,15 @@ def main(argv: list[str] | None = None) -> None:
     from acbmse_cli._streams import standard_streams
 
     args = sys.argv[1:] if argv is None else list(argv)
-    with standard_streams() as streams:
-        status = _run(args or ["--help"])  # no arguments: the help, with the usage error's code
-        failure = streams.finish()  # output still buffered is written now, under the same rules
-        if failure is not None and status in (0, 1):  # the report is lost: that is the error to tell
-            _error_line(failure)
-            status = InputError.exit_code
+    try:
+        with terminations_raise(), standard_streams() as streams:
+            status = _run(args or ["--help"])  # no arguments: the help, with the usage error's code
+            failure = streams.finish()  # output still buffered is written now, under the same rules
+            if failure is not None and status in (0, 1):  # the report is lost: that is the error to tell
+                _error_line(failure)
+                status = InputError.exit_code
+    except Terminated as exc:  # a signal after the run, while its last words were said
+        status = exc.exit_code
     sys.exit(status if args else 2)
 
 
@@ -613,6 +618,9 @@ def _run(args: list[str]) -> int:
     except (KeyboardInterrupt, typer.Abort):
         _error_line("interrupted")
         return 130
+    except Terminated as exc:  # SIGINT, SIGTERM or SIGHUP: unwound, the writes cleaned up
+        _error_line("interrupted" if exc.signum == signal.SIGINT else f"terminated by {exc.name}")
+        return exc.exit_code
     except typer.Exit as exc:
         return int(exc.exit_code)
     except BrokenPipeError:  # the help or a report into a closed pipe
