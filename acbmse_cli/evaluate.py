@@ -808,7 +808,7 @@ def _accumulate(inputs: _Inputs, options: EvalOptions, progress: Progress | None
     rows = inputs.shape[0] if inputs.shape else 1
     first, last = rows * rank // world, rows * (rank + 1) // world
     accumulator = _Accumulator(options, inputs)
-    ranges = chunk_ranges(inputs.shape, options.chunk, (first, last))
+    ranges = chunk_ranges(inputs.shape, _chunk_elements(options, inputs.row_size), (first, last))
     error: str | None = None
     counter = _Counter(progress, (last - first) * inputs.row_size)
     try:
@@ -823,6 +823,15 @@ def _accumulate(inputs: _Inputs, options: EvalOptions, progress: Progress | None
     if error is not None:
         raise InputError(error)
     return accumulator.totals.all_reduce()
+
+
+def _chunk_elements(options: EvalOptions, row_size: int) -> int:
+    """Elements per chunk, fewer with ``per_sample`` and many classes: a chunk of whole samples holds
+    ``(samples, K)`` statistics, kept to about the chunk's own size whatever K is."""
+    if not options.per_sample:
+        return options.chunk
+    samples = max(1, options.chunk // options.classes.num_classes)
+    return min(options.chunk, samples * max(row_size, 1))
 
 
 def _agree_on_errors(error: str | None) -> str | None:

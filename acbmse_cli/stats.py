@@ -345,9 +345,11 @@ def class_stats(
     ``hit_threshold``; or, with ``labels``, class ``labels[i]`` for element ``i``.
 
     The sums are differentiable with respect to ``input`` and ``target``; the
-    class membership is not (it is piecewise constant).  Without autograd
-    (evaluation) all sums come from one matrix product and one flag per call
-    is read back, to fall back to masking when a sum is not finite.
+    class membership is not (it is piecewise constant).  Labelled classes are
+    summed by index, in memory that does not grow with their number.  For the
+    two default classes without autograd (evaluation) all sums come from one
+    matrix product and one flag per call is read back, to fall back to masking
+    when a sum is not finite.
 
     Args:
         input: the prediction :math:`\hat y`.
@@ -379,8 +381,11 @@ def class_stats(
         labels=None if labels is None else labels.reshape(groups, width),
         num_classes=num_classes or 2,
     )
-    differentiable = torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)
-    stats = None if differentiable else _stats_by_matmul(x, y, member, acc)
+    stats: ClassStats | None = None
+    if member.labelled:  # K classes: sums by index, in memory that does not grow with K
+        stats = _stats_by_index(x.to(acc), y.to(acc), member)
+    elif not (torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)):
+        stats = _stats_by_matmul(x, y, member, acc)
     if stats is None:
         stats = _stats_by_masks(x.to(acc), y.to(acc), member)
     if labels is not None:
@@ -397,8 +402,10 @@ def _stats_by_matmul(x: Tensor, y: Tensor, member: Membership, acc: torch.dtype)
     0/1 class-membership matrix gives all ``4 K`` sums of each group in a single pass; the
     products with 1 and 0 are exact, so this is the same sum as masking, in another order.
     Except for a non-finite value, whose product with 0 is NaN in every class: then None
-    (one host sync), and the caller masks instead.
+    (one host sync), and the caller masks instead.  The two default classes only: the membership
+    matrix grows with K (labelled classes are summed by :func:`_stats_by_index`).
     """
+    assert not member.labelled
     groups, width = x.shape
     values = torch.empty(groups, 4, width, dtype=acc, device=x.device)
     xs, ys, err, sq = values[:, 3], values[:, 2], values[:, 1], values[:, 0]
@@ -406,15 +413,10 @@ def _stats_by_matmul(x: Tensor, y: Tensor, member: Membership, acc: torch.dtype)
     ys.copy_(y)
     torch.sub(xs, ys, out=err).abs_()
     torch.mul(err, err, out=sq)
-    indicators = torch.empty(groups, member.num_classes, width, dtype=acc, device=x.device)
-    if member.labels is None:
-        # the target's copy in ``values`` is in the accumulation dtype already
-        hit = Membership(ys, hit_threshold=member.hit_threshold).hit(acc, out=indicators[:, 1])
-        torch.sub(1.0, hit, out=indicators[:, 0])
-    else:
-        labels = member.float_labels(acc)
-        for c in range(member.num_classes):
-            torch.eq(labels, c, out=indicators[:, c])
+    indicators = torch.empty(groups, 2, width, dtype=acc, device=x.device)
+    # the target's copy in ``values`` is in the accumulation dtype already
+    hit = Membership(ys, hit_threshold=member.hit_threshold).hit(acc, out=indicators[:, 1])
+    torch.sub(1.0, hit, out=indicators[:, 0])
     sums = torch.bmm(indicators, values.transpose(1, 2))  # (S, K, 4): this orientation runs faster
     # one number to read back: the sum of all sums is finite unless some sum is not (or they
     # overflow together, and then the masked path is merely slower)
@@ -432,6 +434,37 @@ def _stats_by_matmul(x: Tensor, y: Tensor, member: Membership, acc: torch.dtype)
         max_abs_error=maxima,
         sum_target=sums[..., 2],
         sum_input=sums[..., 3],
+    )
+
+
+def _stats_by_index(x: Tensor, y: Tensor, member: Membership) -> ClassStats:
+    """Every statistic of ``(S, M)`` views of labelled classes, summed by class index.
+
+    Each element's values are added to its own class's entry (``scatter_add``; the largest error by
+    ``scatter_reduce``), so the temporaries are a few ``(S, M)`` buffers and the result ``(S, K)``
+    whatever the number of classes K, and a NaN or Inf stays in its class.  A label outside
+    ``[0, K)`` goes to a spare entry that is dropped: it is counted in no class.  Differentiable.
+    """
+    assert member.labels is not None
+    groups, k = x.shape[0], member.num_classes
+    labels = member.labels.to(torch.int64)
+    index = torch.where((labels >= 0) & (labels < k), labels, k)
+
+    def by_class(values: Tensor, reduce: str = "sum") -> Tensor:
+        start = torch.zeros(groups, k + 1, dtype=values.dtype, device=values.device)
+        if reduce == "sum":
+            return start.scatter_add(1, index, values)[:, :k]
+        return start.scatter_reduce(1, index, values, "amax")[:, :k]  # errors are >= 0: an empty class is 0
+
+    diff = x - y
+    err = diff.abs()
+    return ClassStats(
+        count=by_class(torch.ones_like(index)),
+        sse=by_class(diff * diff),
+        sae=by_class(err),
+        max_abs_error=by_class(err, "amax"),
+        sum_target=by_class(y),
+        sum_input=by_class(x),
     )
 
 
