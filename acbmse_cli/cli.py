@@ -563,10 +563,9 @@ def _stdout_is_a_closed_pipe() -> bool:
 
 def _silence_stdout() -> None:
     """Point stdout at devnull, so that the flush at exit cannot fail again."""
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+    from acbmse_cli._streams import silence
+
+    silence(sys.stdout)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -636,13 +635,18 @@ def _run(args: list[str]) -> int:
         # carry format_message and exit_code; anything else is a bug and keeps its traceback.
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             raise
-        message = exc.format_message().strip()
-        if message:
-            ctx = getattr(exc, "ctx", None)
-            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            _error_line(message + hint)
-        return int(exc.exit_code)
+        return _usage_error(exc)
     return result if isinstance(result, int) else 0
+
+
+def _usage_error(exc: Any) -> int:
+    """Say the parser's usage error in one line, with where to find help; its exit code."""
+    message = exc.format_message().strip()
+    if message:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _error_line(message + hint)
+    return int(exc.exit_code)
 
 
 def _error_line(message: str) -> None:
