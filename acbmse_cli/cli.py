@@ -213,7 +213,7 @@ def eval_command(
         str | None,
         typer.Option(
             help="The grid of --detect-curve: START:STOP:N (N evenly spaced, both ends included) or "
-            "t1,t2,... Default: 201 from --hit-threshold to the target's largest hit.",
+            "t1,t2,... Default: 201 from --hit-threshold to the target's largest hit, rounded up.",
             show_default=False,
             rich_help_panel=DETECTION,
         ),

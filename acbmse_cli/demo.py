@@ -18,16 +18,16 @@ the same statistics ``acbmse eval`` reports: ``mse_hit`` and ``mse_nonhit`` (the
 the target's hits and non-hits), ``mse`` (over all pixels) and ``acb_mse`` (:func:`balanced_loss` of those
 statistics with the run's hit and non-hit weights).
 
-**Over every threshold, and denoising.**  The same held-out outputs go through
+**Over every threshold, and denoising.** The same held-out outputs go through
 :func:`acbmse_cli.histograms.detection_stats` and :func:`~acbmse_cli.histograms.detection_curve`, the code
-of ``acbmse eval --detect-curve --input``, so the demo's figures equal that command's on the
-``--save-data`` files.  The grid is eval's default (:func:`detection_grid`): 201 thresholds from the hit
-threshold 0 to the held-out target's largest hit value; it is the ``thresholds`` of the run record.  Over
-it: ``average_precision`` (the step-wise sum ``sum_k (R_k - R_{k-1}) P_k``, thresholds decreasing) and
-``best_f1`` (``threshold``, ``f1``, ``recall``, ``precision`` at the grid threshold of highest F1, the lowest
-on ties).  At the detection threshold: ``signal_retained``, the share of the ``signal_hits`` (the target's
-hits) above it (the recall), and ``noise_removed``, the share of the ``noise_hits`` (hits of the network's
-input that are not hits of the target) at or below it.
+of ``acbmse eval --detect-curve --input``, so the demo's figures equal that command's on the ``--save-data``
+files. The grid is eval's default (:func:`detection_grid`): 201 thresholds from the hit threshold 0 to the
+held-out target's largest hit value rounded up; it is the ``thresholds`` of the run record. Over it:
+``average_precision`` (the step-wise sum ``sum_k (R_k - R_{k-1}) P_k``, thresholds decreasing) and
+``best_f1`` (``threshold``, ``f1``, ``recall``, ``precision`` at the grid threshold of highest F1, the
+lowest on ties). At the detection threshold: ``signal_retained``, the share of the ``signal_hits`` (the
+target's hits) above it (the recall), and ``noise_removed``, the share of the ``noise_hits`` (hits of the
+network's input that are not hits of the target) at or below it.
 """
 
 from __future__ import annotations
