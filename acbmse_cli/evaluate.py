@@ -713,6 +713,12 @@ class _Inputs:
         lab = self.labels.read(start, stop).to(self.device) if self.labels is not None else None
         return x, y, lab
 
+    def verify(self) -> None:
+        """Complete each file's checksum over the bytes the reads left out (see ArraySource.verify)."""
+        for source in (self.pred, self.target, self.labels):
+            if source is not None:
+                source.verify()
+
 
 @contextlib.contextmanager
 def _open_inputs(
@@ -813,6 +819,7 @@ def _accumulate(inputs: _Inputs, options: EvalOptions, progress: Progress | None
     counter = _Counter(progress, (last - first) * inputs.row_size)
     try:
         _stream(inputs, _ChunkComputer(options, inputs), accumulator, ranges, counter)
+        inputs.verify()  # before any result: a checksum that fails makes the whole run an error
     except InputError as exc:
         if world == 1:
             raise
