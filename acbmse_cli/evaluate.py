@@ -214,6 +214,7 @@ class EvalOptions:
     Attributes:
         pred_key, target_key: the array of an ``.npz`` (or the entry of a dict in a ``.pt``).
         labels: a file of integer labels in ``[0, K)``, the target's shape.
+        labels_key: the array of a labels ``.npz`` (or the entry of a dict in a ``.pt``).
         class_names: one name per class, in label order.
         per_sample: also find the ``top`` (default 10) samples (dim 0) with the worst ACB-MSE.
         detect_threshold: also count "prediction > threshold" against the true hits.
@@ -231,6 +232,7 @@ class EvalOptions:
     pred_key: str | None = None
     target_key: str | None = None
     labels: str | os.PathLike[str] | None = None
+    labels_key: str | None = None
     hit_threshold: float | None = None
     hit_weight: float | None = None
     nonhit_weight: float | None = None
@@ -260,7 +262,11 @@ class EvalOptions:
         """The version and every option that shaped the numbers (not how the work was chunked)."""
         classes = self.classes
         if classes.labelled:
-            class_options: dict[str, Any] = {"labels": self.labels, "class_weights": classes.weights}
+            class_options: dict[str, Any] = {
+                "labels": self.labels,
+                "labels_key": self.labels_key,
+                "class_weights": classes.weights,
+            }
         else:
             class_options = {
                 "hit_threshold": classes.hit_threshold,
@@ -316,6 +322,8 @@ def _labelled_classes(options: EvalOptions) -> ClassSpec:
 
 
 def _hit_classes(options: EvalOptions) -> ClassSpec:
+    if options.labels_key is not None:
+        raise ValueError("--labels-key needs --labels: it picks the array of a labels .npz or .pt")
     if options.class_weights is not None:
         raise ValueError(
             "--class-weights needs --labels; for hits and non-hits use --hit-weight/--nonhit-weight"
@@ -734,7 +742,9 @@ def _open_inputs(
             )
         lab = None
         if options.labels is not None:
-            lab = files.enter_context(open_array(options.labels, role="labels"))
+            lab = files.enter_context(
+                open_array(options.labels, key=options.labels_key, role="labels", key_option="--labels-key")
+            )
             if lab.shape != t.shape:
                 raise InputError(
                     f"{lab.name}: labels have shape {lab.shape} but {t.name} has shape {t.shape}"
@@ -875,6 +885,7 @@ def evaluate_files(
     pred_key: str | None = None,
     target_key: str | None = None,
     labels: str | os.PathLike[str] | None = None,
+    labels_key: str | None = None,
     hit_threshold: float | None = None,
     hit_weight: float | None = None,
     nonhit_weight: float | None = None,
@@ -897,6 +908,7 @@ def evaluate_files(
         pred_key=pred_key,
         target_key=target_key,
         labels=labels,
+        labels_key=labels_key,
         hit_threshold=hit_threshold,
         hit_weight=hit_weight,
         nonhit_weight=nonhit_weight,
