@@ -5,6 +5,7 @@ key; every one an InputError of one line, or correct numbers, never another exce
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import struct
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -196,16 +198,6 @@ def test_eval_of_a_corrupt_stored_member_prints_no_report(
 # --------------------------------------------------------------------------- files that shrink while read
 
 
-def _worker(fmt: str, directory: Path, *args: object) -> list[dict[str, Any]]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(WORKER.parent)])}
-    done = subprocess.run(
-        [sys.executable, str(WORKER), fmt, str(directory), *map(str, args)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, f"the worker died (exit {done.returncode}):\n{done.stderr[-3000:]}"
-    return [json.loads(line) for line in done.stdout.splitlines()]
-
-
 READ_FROM_THE_FILE = [
     "npy-C",
     "npy-F",
@@ -216,12 +208,33 @@ READ_FROM_THE_FILE = [
     "pt-strided",
 ]
 HELD_IN_MEMORY = ["npz-compressed-F", "pt-legacy"]  # staged in a temporary file, or loaded whole
+FUZZ_CASES = 30
+
+
+@pytest.fixture(scope="module")
+def truncated(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], list[dict[str, Any]]]:
+    """The worker's results for a format: its process runs once, for both tests below."""
+
+    @functools.cache
+    def results(fmt: str) -> list[dict[str, Any]]:
+        directory = tmp_path_factory.mktemp(fmt)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(WORKER.parent)])}
+        done = subprocess.run(
+            [sys.executable, str(WORKER), fmt, str(directory), str(FUZZ_CASES), str(sum(map(ord, fmt)))],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, f"the worker died (exit {done.returncode}):\n{done.stderr[-3000:]}"
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    return results
 
 
 @pytest.mark.parametrize("fmt", READ_FROM_THE_FILE + HELD_IN_MEMORY)
-def test_a_file_that_shrinks_between_reads_is_one_input_error(tmp_path: Path, fmt: str) -> None:
+def test_a_file_that_shrinks_between_reads_is_one_input_error(
+    truncated: Callable[[str], list[dict[str, Any]]], fmt: str
+) -> None:
     """``torch.save`` over a checkpoint being read: a memory map would die of SIGBUS (exit 135)."""
-    (result,) = _worker(fmt, tmp_path, "shrink")
+    (result,) = [r for r in truncated(fmt) if r["mode"] == "shrink"]
     if fmt in HELD_IN_MEMORY:
         assert result["outcome"] == "ok", result
         return
@@ -231,10 +244,12 @@ def test_a_file_that_shrinks_between_reads_is_one_input_error(tmp_path: Path, fm
 
 
 @pytest.mark.parametrize("fmt", READ_FROM_THE_FILE + HELD_IN_MEMORY)
-def test_truncation_at_random_offsets_before_and_while_reading(tmp_path: Path, fmt: str) -> None:
+def test_truncation_at_random_offsets_before_and_while_reading(
+    truncated: Callable[[str], list[dict[str, Any]]], fmt: str
+) -> None:
     """Cut anywhere, before opening or after any chunk: the right numbers, or one InputError."""
-    results = _worker(fmt, tmp_path, "fuzz", 30, sum(map(ord, fmt)))
-    assert len(results) == 30
+    results = [r for r in truncated(fmt) if r["mode"] == "fuzz"]
+    assert len(results) == FUZZ_CASES
     for result in results:
         assert result["outcome"] in ("ok", "input_error"), result
         if result["outcome"] == "input_error":

@@ -1,12 +1,12 @@
 """Files cut short before and while they are read, in a process of their own (a SIGBUS kills it, not pytest).
 
-``python truncation_worker.py FORMAT DIR MODE [CASES SEED]`` writes one file of ``FORMAT`` in ``DIR`` per
-case, reads it in chunks as ``acbmse eval`` does (every range in order, then ``verify``) and prints one
-JSON line per case: ``{"case": ..., "outcome": "ok" | "input_error" | "wrong" | "other", "message": ...}``.
+``python truncation_worker.py FORMAT DIR CASES SEED`` writes one file of ``FORMAT`` in ``DIR`` per case,
+reads it in chunks as ``acbmse eval`` does (every range in order, then ``verify``) and prints one JSON line
+per case: ``{"mode": ..., "case": ..., "outcome": "ok" | "input_error" | "wrong" | "other", "message": ...}``.
 ``ok`` means every chunk equals the float64 reference of the array written.
 
-Modes: ``shrink`` cuts the file to a few bytes past its start after the first chunk; ``fuzz`` cuts it at a
-random offset, before opening or after a random number of chunks, ``CASES`` times.
+The first case (mode ``shrink``) cuts the file to its first 64 bytes after the first chunk; the ``CASES``
+others (mode ``fuzz``) cut it at a random offset, before opening or after a random number of chunks.
 """
 
 from __future__ import annotations
@@ -93,30 +93,24 @@ def _case(fmt: str, directory: Path, seed: int, when: int | None, fraction: floa
 
 
 def main() -> None:
-    fmt, directory, mode = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-    if mode == "shrink":  # after the first chunk, keep the first 64 bytes
-        cases = [(0, 1, 64 / os.path.getsize(_probe(fmt, directory)))]
-    else:
-        count, seed = int(sys.argv[4]), int(sys.argv[5])
-        rng = np.random.default_rng(seed)
-        chunks = len(list(chunk_ranges(SHAPE, CHUNK)))
-        cases = [
-            (
-                seed * 1000 + i,
-                None if rng.random() < 0.3 else int(rng.integers(0, chunks)),
-                float(rng.random()),
-            )
-            for i in range(count)
-        ]
-    for case_seed, when, fraction in cases:
-        print(json.dumps(_case(fmt, directory, case_seed, when, fraction)), flush=True)
+    fmt, directory = sys.argv[1], Path(sys.argv[2])
+    count, seed = int(sys.argv[3]), int(sys.argv[4])
+    cases: list[tuple[str, int, int | None, float]] = [("shrink", 0, 1, 64 / _probe(fmt, directory))]
+    rng = np.random.default_rng(seed)
+    chunks = len(list(chunk_ranges(SHAPE, CHUNK)))
+    for i in range(count):
+        when = None if rng.random() < 0.3 else int(rng.integers(0, chunks))
+        cases.append(("fuzz", seed * 1000 + i, when, float(rng.random())))
+    for mode, case_seed, when, fraction in cases:
+        print(json.dumps({"mode": mode, **_case(fmt, directory, case_seed, when, fraction)}), flush=True)
 
 
-def _probe(fmt: str, directory: Path) -> Path:
+def _probe(fmt: str, directory: Path) -> int:
+    """The size of the file that ``fmt`` writes."""
     filename, write, _ = WRITERS[fmt]
     path = directory / f"probe-{filename}"
     write(path, _array(0))
-    return path
+    return path.stat().st_size
 
 
 if __name__ == "__main__":
