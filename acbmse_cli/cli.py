@@ -166,6 +166,10 @@ def eval_command(
         str | None,
         typer.Option(help="Which array of a TARGET .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
     ] = None,
+    labels_key: Annotated[
+        str | None,
+        typer.Option(help="Which array of a --labels .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
+    ] = None,
     nan_policy: Annotated[
         Literal["raise", "omit"],
         typer.Option(
@@ -295,6 +299,7 @@ def eval_command(
                 pred_key=pred_key,
                 target_key=target_key,
                 labels=labels,
+                labels_key=labels_key,
                 hit_threshold=given(hit_threshold=hit_threshold),
                 hit_weight=given(hit_weight=hit_weight),
                 nonhit_weight=given(nonhit_weight=nonhit_weight),

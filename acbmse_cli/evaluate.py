@@ -290,6 +290,7 @@ class EvalOptions:
     Attributes:
         pred_key, target_key: the array of an ``.npz`` (or the entry of a dict in a ``.pt``).
         labels: a file of integer labels in ``[0, K)``, the target's shape.
+        labels_key: the array of a labels ``.npz`` (or the entry of a dict in a ``.pt``).
         class_names: one name per class, in label order.
         per_sample: also find the ``top`` (default 10) samples (dim 0) with the worst ACB-MSE.
         detect_threshold: also count "prediction > threshold" against the true hits.
@@ -313,6 +314,7 @@ class EvalOptions:
     pred_key: str | None = None
     target_key: str | None = None
     labels: str | os.PathLike[str] | None = None
+    labels_key: str | None = None
     hit_threshold: float | None = None
     hit_weight: float | None = None
     nonhit_weight: float | None = None
@@ -350,7 +352,11 @@ class EvalOptions:
         """The version and every option that shaped the numbers (not how the work was chunked)."""
         classes = self.classes
         if classes.labelled:
-            class_options: dict[str, Any] = {"labels": self.labels, "class_weights": classes.weights}
+            class_options: dict[str, Any] = {
+                "labels": self.labels,
+                "labels_key": self.labels_key,
+                "class_weights": classes.weights,
+            }
         else:
             class_options = {
                 "hit_threshold": classes.hit_threshold,
@@ -421,6 +427,8 @@ def _labelled_classes(options: EvalOptions) -> ClassSpec:
 
 
 def _hit_classes(options: EvalOptions) -> ClassSpec:
+    if options.labels_key is not None:
+        raise ValueError("--labels-key needs --labels: it picks the array of a labels .npz or .pt")
     if options.class_weights is not None:
         raise ValueError(
             "--class-weights needs --labels; for hits and non-hits use --hit-weight/--nonhit-weight"
@@ -887,6 +895,12 @@ class _Inputs:
         noisy = self.noisy.read(start, stop).to(self.device) if self.noisy is not None else None
         return y, lab, noisy
 
+    def verify(self) -> None:
+        """Complete each file's checksum over the bytes the reads left out (see ArraySource.verify)."""
+        for source in (*self.preds, self.target, self.labels, self.noisy):
+            if source is not None:
+                source.verify()
+
 
 @contextlib.contextmanager
 def _open_inputs(
@@ -906,7 +920,7 @@ def _open_inputs(
                     f"{p.name} has shape {p.shape} but {t.name} has shape {t.shape}: they must match"
                 )
             ps.append(p)
-        lab = _open_like(files, t, options.labels, None, "--labels", role="labels")
+        lab = _open_like(files, t, options.labels, options.labels_key, "--labels-key", role="labels")
         noisy = _open_like(files, t, options.input, options.input_key, "--input-key", role="values")
         if options.per_sample and not t.shape:
             raise InputError(
@@ -1018,7 +1032,11 @@ def _accumulate(
     computers = [_ChunkComputer(options, inputs, plan, p) for p in inputs.preds]
     ranges = chunk_ranges(inputs.shape, options.chunk, (first, last))
     counter = _Counter(progress, (last - first) * inputs.row_size)
-    _on_every_rank(lambda: _stream(inputs, computers, accumulators, ranges, counter))
+    def work() -> None:
+        _stream(inputs, computers, accumulators, ranges, counter)
+        inputs.verify()  # before any result: a checksum that fails makes the whole run an error
+
+    _on_every_rank(work)
     if _distributed.world()[1] == 1:
         return [a.totals for a in accumulators]
     return [a.totals.all_reduce() for a in accumulators]
@@ -1146,6 +1164,7 @@ def evaluate_files(
     pred_key: str | None = None,
     target_key: str | None = None,
     labels: str | os.PathLike[str] | None = None,
+    labels_key: str | None = None,
     hit_threshold: float | None = None,
     hit_weight: float | None = None,
     nonhit_weight: float | None = None,
@@ -1168,6 +1187,7 @@ def evaluate_files(
         pred_key=pred_key,
         target_key=target_key,
         labels=labels,
+        labels_key=labels_key,
         hit_threshold=hit_threshold,
         hit_weight=hit_weight,
         nonhit_weight=nonhit_weight,
