@@ -167,6 +167,9 @@ class EvalResult:
     denoising: DenoisingResult | None = None
     detection_curve: DetectionCurve | None = None
     figure_stats: ErrorStats | None = field(default=None, repr=False, compare=False)
+    figure_bounds: tuple[float, float] | None = field(default=None, repr=False, compare=False)
+    """The value range of ``figure_stats.calibration`` (both axes); ``None`` where there are no
+    calibration counts (labelled classes, or no figure statistics)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document: ``pred``, ``target``, ``elements``, ``classes``, ``mse``, ``mae`` and
@@ -1247,6 +1250,7 @@ def _summarize(
         if totals.curve is None or plan.curve is None
         else detection_curve(totals.curve, plan.curve),
         figure_stats=totals.figures,
+        figure_bounds=None if classes.labelled or totals.figures is None else plan.bounds,
     )
 
 
