@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import textwrap
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -195,7 +196,9 @@ def _grid_figure(panels: int, *, columns: int, size: tuple[float, float]) -> tup
 
 
 def _title(fig: Figure, title: str, subtitle: str) -> None:
-    fig.suptitle(f"{title}\n{subtitle}", fontsize=11)
+    """The title and the subtitle below it, wrapped to the figure's width."""
+    width = max(40, int(fig.get_figwidth() * 11))  # characters of 11 points per inch, about
+    fig.suptitle(f"{textwrap.fill(title, width)}\n{textwrap.fill(subtitle, width)}", fontsize=11)
 
 
 def _run(report: EvalResult, name: str) -> Any:
@@ -448,12 +451,12 @@ def _drawn_edges(edges: np.ndarray) -> np.ndarray:
 
 
 def _error_limit(counts: np.ndarray, edges: np.ndarray) -> float:
-    """Half the width of the x axis: the largest |edge| of a bin that holds anything."""
+    """Half the width of the x axis: the largest |edge| of a bin that holds anything, and two bins."""
     occupied = np.flatnonzero(counts.sum(axis=(0, 1)))
     if occupied.size == 0:
         return 10 * _ERROR_LINTHRESH
     reach = max(abs(edges[occupied[0]]), abs(edges[occupied[-1] + 1]))
-    return float(max(reach, 10 * _ERROR_LINTHRESH))
+    return float(max(reach * 10**0.1, 10 * _ERROR_LINTHRESH))
 
 
 def _error_axes(ax: Axes, limit: float, most: int) -> None:
@@ -461,8 +464,8 @@ def _error_axes(ax: Axes, limit: float, most: int) -> None:
     ax.set_xscale("symlog", linthresh=_ERROR_LINTHRESH, linscale=0.025)
     ax.set_xlim(-limit, limit)
     ax.set_xticks(_error_ticks(limit))
+    ax.set_ylim(0.5, max(most, 1) * 2.0)  # first: a class without elements has nothing to autoscale on
     ax.set_yscale("log")
-    ax.set_ylim(0.5, max(most, 1) * 2.0)
     ax.axvline(0.0, color="0.4", linewidth=0.8, linestyle=":")
     ax.set_xlabel("prediction − target  (the target's units; symmetric log scale)")
     ax.set_ylabel("elements per bin")
@@ -632,7 +635,7 @@ def draw_worst(
     error_axes = [ax for row in axes for ax in row[1 + n :]]
     fig.colorbar(value_image, ax=value_axes, label="value  (the target's units)", extend="both",
                  location="bottom", shrink=0.8, aspect=30)  # fmt: skip
-    fig.colorbar(error_image, ax=error_axes, label="prediction − target  (the target's units)",
+    fig.colorbar(error_image, ax=error_axes, label="prediction − target",
                  location="bottom", shrink=0.8, aspect=30)  # fmt: skip
     _title(
         fig,

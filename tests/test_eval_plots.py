@@ -8,13 +8,15 @@ import os
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
 from acbmse_cli import eval_plots
-from acbmse_cli._loss_names import LOSS_COLORS
+from acbmse_cli._figures import new_figure
+from acbmse_cli._loss_names import LOSS_COLORS, LOSS_LABELS
 from acbmse_cli.cli import main
 from acbmse_cli.errors import InputError
 from acbmse_cli.evaluate import EvalComparison, EvalOptions, evaluate_many
@@ -343,6 +345,13 @@ def test_a_loss_has_its_colour_in_every_figure() -> None:
     }
     for path, loss in cases.items():
         assert eval_plots.loss_of_file(path) == loss, path
+    from acbmse_cli import demo
+
+    fig = new_figure()
+    runs = {name: SimpleNamespace(curve=[4.0, 2.0, 1.0]) for name in LOSS_COLORS}
+    demo._plot_training_curves(fig.add_subplot(), SimpleNamespace(runs=runs))  # type: ignore[arg-type]
+    drawn = {line.get_label(): line.get_color() for line in fig.axes[0].get_lines()}
+    assert {name: drawn[LOSS_LABELS[name]] for name in LOSS_COLORS} == LOSS_COLORS
     styles = eval_plots.prediction_styles(
         ["d/pred_mse.npy", "d/pred_mae.npy", "d/pred_acb_mse.npy", "d/unet.npy"]
     )
