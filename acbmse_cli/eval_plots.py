@@ -198,7 +198,11 @@ def _grid_figure(panels: int, *, columns: int, size: tuple[float, float]) -> tup
 def _title(fig: Figure, title: str, subtitle: str) -> None:
     """The title and the subtitle below it, wrapped to the figure's width."""
     width = max(40, int(fig.get_figwidth() * 11))  # characters of 11 points per inch, about
-    fig.suptitle(f"{textwrap.fill(title, width)}\n{textwrap.fill(subtitle, width)}", fontsize=11)
+    lines = [
+        textwrap.fill(text, width, break_long_words=False, break_on_hyphens=False)  # paths stay whole
+        for text in (title, subtitle)
+    ]
+    fig.suptitle("\n".join(lines), fontsize=11)
 
 
 def _run(report: EvalResult, name: str) -> Any:
