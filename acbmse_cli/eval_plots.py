@@ -13,8 +13,10 @@ its options have the statistics for, and writes them together or not at all
 - ``errors``: the distribution of the error ``prediction - target`` of each class (a panel per
   class, log counts, one line per prediction) on a symmetric logarithmic axis.
 - ``calibration``: the prediction against the true value on the true hits, a 2-D histogram per
-  prediction with the identity line.  Not drawn with ``--labels``: labelled classes have no true
-  hits to calibrate on (the evaluation counts none).
+  prediction with the identity line, over the range of the target's hit values; a note gives the
+  share of the hits predicted below or above that range (the edge rows, where a missed hit
+  lands).  Not drawn with ``--labels``: labelled classes have no true hits to calibrate on (the
+  evaluation counts none).
 - ``worst``: with ``--per-sample``, when the samples are images (at least two dimensions beyond
   dim 0 once the dimensions of size 1 are dropped; more than two are stacked along the rows):
   target, prediction and error map of the worst samples.  With one prediction, its
@@ -253,7 +255,7 @@ def draw_detection(comparison: EvalComparison, styles: Sequence[PredictionStyle]
     _unit_square(
         ax, "recall  (share of the true hits detected)", "precision  (share of detections that are hits)"
     )
-    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
     ax.set_title("precision against recall", fontsize=10)
     if denoising:
         ax = axes[1]
@@ -263,7 +265,7 @@ def draw_detection(comparison: EvalComparison, styles: Sequence[PredictionStyle]
         _unit_square(
             ax, "signal retained  (share of the true hits kept)", "noise removed  (share of the noise hits)"
         )
-        ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)
         ax.set_title("noise removed against signal retained (noise: hits of --input only)", fontsize=10)
     _title(fig, f"Hit finding against {comparison.target}", _detection_line(reports[0]))
     return fig
@@ -514,8 +516,10 @@ def draw_calibration(comparison: EvalComparison, styles: Sequence[PredictionStyl
         ax.set_title(style.label, color=style.color, fontsize=10)
         ax.set_xlabel("true value  (target, true hits only)")
         ax.set_ylabel("predicted value")
-        if not cell.any():
-            ax.text(0.5, 0.5, "no true hits", transform=ax.transAxes, ha="center", va="center")
+        note = _edge_note(cell, bounds)
+        if note:
+            ax.text(0.97, 0.03, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
+                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})  # fmt: skip
     assert mesh is not None
     fig.colorbar(mesh, ax=axes, label="true hits per cell", shrink=0.9)
     axes[0].legend(loc="upper left", fontsize=8, framealpha=0.9)
@@ -527,6 +531,22 @@ def draw_calibration(comparison: EvalComparison, styles: Sequence[PredictionStyl
         "(the target's hit values), values outside counted in the edge cells",
     )
     return fig
+
+
+def _edge_note(cell: np.ndarray, bounds: tuple[float, float]) -> str:
+    """How many hits the bottom and top rows hold: predictions beyond the target's hit values (a
+    missed hit predicted near 0 lands in the bottom row), which the colours alone understate."""
+    hits = int(cell.sum())
+    if hits == 0:
+        return "no true hits"
+    width = (bounds[1] - bounds[0]) / cell.shape[1]
+    below, above = cell[:, 0].sum() / hits, cell[:, -1].sum() / hits
+    lines = []
+    if below >= 0.01:
+        lines.append(f"{below:.0%} of the hits predicted below {bounds[0] + width:.4g}")
+    if above >= 0.01:
+        lines.append(f"{above:.0%} of the hits predicted above {bounds[1] - width:.4g}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- worst samples

@@ -214,6 +214,18 @@ def test_calibration_counts_the_true_hits(tmp_path: Path) -> None:
     assert len(identity) == 1 and list(identity[0].get_xdata()) == list(identity[0].get_ydata())
 
 
+def test_calibration_tells_the_hits_beyond_its_range(tmp_path: Path) -> None:
+    paths = frames(tmp_path, (20, 1, 12, 12))
+    np.save(tmp_path / "pred_zero.npy", np.zeros((20, 1, 12, 12), np.float32))  # every hit missed
+    paths["pred_zero"] = tmp_path / "pred_zero.npy"
+    comparison = comparison_of(paths, "pred_zero", "pred_mse")
+    fig = eval_plots.draw_calibration(
+        comparison, eval_plots.prediction_styles([r.pred for r in comparison.reports])
+    )
+    notes = [[t.get_text() for t in ax.texts] for ax in fig.axes[:2]]
+    assert len(notes[0]) == 1 and notes[0][0].startswith("100% of the hits predicted below")
+
+
 def test_labelled_classes_have_no_calibration_bounds(tmp_path: Path) -> None:
     paths = frames(tmp_path)
     labels = np.random.default_rng(2).integers(0, 2, (12, 1, 10, 14))
