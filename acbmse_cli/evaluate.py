@@ -1035,6 +1035,7 @@ def _accumulate(
     computers = [_ChunkComputer(options, inputs, plan, p) for p in inputs.preds]
     ranges = chunk_ranges(inputs.shape, options.chunk, (first, last))
     counter = _Counter(progress, (last - first) * inputs.row_size)
+
     def work() -> None:
         _stream(inputs, computers, accumulators, ranges, counter)
         inputs.verify()  # before any result: a checksum that fails makes the whole run an error

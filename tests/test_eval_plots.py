@@ -205,7 +205,7 @@ def test_calibration_counts_the_true_hits(tmp_path: Path) -> None:
     target = np.load(paths["target"])
     assert int(report.figure_stats.calibration.sum()) == int((target > 0).sum())
     low, high = report.figure_bounds
-    assert low == target[target > 0].min() and high == target.max()
+    assert low == 0.0 and high == target.max()  # from the hit threshold: missed hits stay in view
     fig = eval_plots.draw_calibration(comparison, eval_plots.prediction_styles([report.pred]))
     ax = fig.axes[0]
     assert ax.get_xlim() == (low, high) and ax.get_ylim() == (low, high)
@@ -216,7 +216,7 @@ def test_calibration_counts_the_true_hits(tmp_path: Path) -> None:
 
 def test_calibration_tells_the_hits_beyond_its_range(tmp_path: Path) -> None:
     paths = frames(tmp_path, (20, 1, 12, 12))
-    np.save(tmp_path / "pred_zero.npy", np.zeros((20, 1, 12, 12), np.float32))  # every hit missed
+    np.save(tmp_path / "pred_zero.npy", np.full((20, 1, 12, 12), -5.0, np.float32))  # below the range
     paths["pred_zero"] = tmp_path / "pred_zero.npy"
     comparison = comparison_of(paths, "pred_zero", "pred_mse")
     fig = eval_plots.draw_calibration(
