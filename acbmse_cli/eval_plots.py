@@ -13,7 +13,7 @@ its options have the statistics for, and writes them together or not at all
 - ``errors``: the distribution of the error ``prediction - target`` of each class (a panel per
   class, log counts, one line per prediction) on a symmetric logarithmic axis.
 - ``calibration``: the prediction against the true value on the true hits, a 2-D histogram per
-  prediction with the identity line, over the range of the target's hit values; a note gives the
+  prediction with the identity line, from the hit threshold to the largest hit value; a note gives the
   share of the hits predicted below or above that range (the edge rows, where a missed hit
   lands).  Not drawn with ``--labels``: labelled classes have no true hits to calibrate on (the
   evaluation counts none).
@@ -528,7 +528,7 @@ def draw_calibration(comparison: EvalComparison, styles: Sequence[PredictionStyl
         fig,
         f"Predicted against true value on the true hits of {comparison.target}",
         f"{_classes_line(reports[0])}; {n} x {n} cells over [{bounds[0]:g}, {bounds[1]:g}] "
-        "(the target's hit values), values outside counted in the edge cells",
+        "(hit threshold to largest hit), values outside counted in the edge cells",
     )
     return fig
 
