@@ -31,19 +31,27 @@ from acbmse_cli._version import __version__
 from acbmse_cli.errors import InputError
 
 if TYPE_CHECKING:
-    from acbmse_cli.evaluate import EvalOptions, EvalResult
+    from acbmse_cli.evaluate import EvalComparison, EvalOptions, EvalResult
 
 
 class _Command(TyperCommand):
     """A command whose flags show no value placeholder in ``--help``, and whose usage line names
-    its arguments plainly (``PRED TARGET``)."""
+    its arguments plainly (``PRED... TARGET``)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _bare_flags(super().get_params(ctx))
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces: list[str] = super().collect_usage_pieces(ctx)
-        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
+        return [_plain_metavar(p) for p in pieces]
+
+
+def _plain_metavar(piece: str) -> str:
+    """``{PRED}`` -> ``PRED``; ``{PRED... TARGET}...`` (a list argument with its own dots) ->
+    ``PRED... TARGET``."""
+    if piece.startswith("{") and piece.endswith("}..."):
+        piece = piece[:-3]
+    return piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
 
 
 class _Group(TyperGroup):
@@ -102,6 +110,7 @@ QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.", rich_help_panel=OUTPUT)
 ]
 TableJsonCsv = Literal["table", "json", "csv"]
+ImageFormat = Literal["png", "svg", "pdf"]
 TableJson = Literal["table", "json"]
 _FORMAT_HELP = "What stdout carries: a rich table, or the numbers as JSON"
 
@@ -129,6 +138,8 @@ def _root(
 
 EVAL_HELP = (
     "Per-class error report of stored predictions against targets (MSE, MAE, ACB-MSE...).\n\n"
+    "The last file is the target; every file before it is a prediction of the same shape (several: "
+    "compared side by side, the target read once).\n\n"
     "The files are streamed in chunks (any size, bounded memory) and the statistics summed in float64. "
     "Under torchrun (python -m torch.distributed.run --nproc-per-node N -m acbmse_cli eval ...) the "
     "processes split the work and rank 0 prints.\n\n"
@@ -140,12 +151,14 @@ EVAL_HELP = (
 @app.command("eval", cls=_Command, help=EVAL_HELP)
 def eval_command(
     ctx: typer.Context,
-    pred: Annotated[
-        str,
-        typer.Argument(metavar="PRED", help="Predictions: .npy, .npz or .pt (a tensor, or a dict of them)."),
-    ],
-    target: Annotated[
-        str, typer.Argument(metavar="TARGET", help="Ground truth of the same shape and formats.")
+    files: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="PRED... TARGET",
+            help="One or more prediction files, then the ground truth: .npy, .npz or .pt (a tensor, or a "
+            "dict of them), all of the same shape.",
+            show_default=False,
+        ),
     ],
     pred_key: Annotated[
         str | None,
@@ -154,6 +167,10 @@ def eval_command(
     target_key: Annotated[
         str | None,
         typer.Option(help="Which array of a TARGET .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
+    ] = None,
+    labels_key: Annotated[
+        str | None,
+        typer.Option(help="Which array of a --labels .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
     ] = None,
     nan_policy: Annotated[
         Literal["raise", "omit"],
@@ -189,6 +206,38 @@ def eval_command(
             rich_help_panel=DETECTION,
         ),
     ] = None,
+    detect_curve: Annotated[
+        bool,
+        typer.Option(
+            "--detect-curve",
+            help="Also count hit finding at every threshold of a grid: the precision-recall curve, "
+            "average precision, the best-F1 point.",
+            rich_help_panel=DETECTION,
+        ),
+    ] = False,
+    thresholds: Annotated[
+        str | None,
+        typer.Option(
+            help="The grid of --detect-curve: START:STOP:N (N evenly spaced, both ends included) or "
+            "t1,t2,... Default: 201 from --hit-threshold to the target's largest hit, rounded up.",
+            show_default=False,
+            rich_help_panel=DETECTION,
+        ),
+    ] = None,
+    input_file: Annotated[
+        str | None,
+        typer.Option(
+            "--input",
+            help="The network's input (noisy frames, the target's shape): with detection, also signal "
+            "retained and noise removed.",
+            show_default=False,
+            rich_help_panel=DETECTION,
+        ),
+    ] = None,
+    input_key: Annotated[
+        str | None,
+        typer.Option(help="Which array of an --input .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
+    ] = None,
     output_format: Annotated[
         TableJsonCsv, typer.Option("--format", help=f"{_FORMAT_HELP} or CSV.", rich_help_panel=OUTPUT)
     ] = "table",
@@ -209,6 +258,18 @@ def eval_command(
             help="Exit with code 1 when the ACB-MSE is above this (a CI gate).", rich_help_panel=OUTPUT
         ),
     ] = None,
+    plot: Annotated[
+        str | None,
+        typer.Option(
+            help="Also draw figures into this folder (created if missing): detection, errors, "
+            "calibration and, with --per-sample, the worst samples.",
+            show_default=False,
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    image_format: Annotated[
+        ImageFormat, typer.Option(help="Image file format of --plot.", rich_help_panel=OUTPUT)
+    ] = "png",
     quiet: QuietOption = False,
     device: DeviceOption = "auto",
     chunk_elements: Annotated[
@@ -217,6 +278,7 @@ def eval_command(
     ] = None,
 ) -> None:
     """``acbmse eval``: see :data:`EVAL_HELP`."""
+    from acbmse_cli._files import OutputDir
     from acbmse_cli.evaluate import (
         EvalOptions,
         finish_distributed,
@@ -227,7 +289,11 @@ def eval_command(
 
     if fail_above is not None and math.isnan(fail_above):
         raise InputError("--fail-above must be a number, got nan")
+    if len(files) < 2:
+        raise InputError("eval needs PRED... TARGET: at least one prediction file, then the target")
+    *preds, target = files
     given = _given_options(ctx)
+    figures = None if plot is None else OutputDir(plot, option="--plot")
     rank, _ = init_distributed()
     try:
         with _errors_said_by_rank_zero(rank):
@@ -235,6 +301,7 @@ def eval_command(
                 pred_key=pred_key,
                 target_key=target_key,
                 labels=labels,
+                labels_key=labels_key,
                 hit_threshold=given(hit_threshold=hit_threshold),
                 hit_weight=given(hit_weight=hit_weight),
                 nonhit_weight=given(nonhit_weight=nonhit_weight),
@@ -248,13 +315,27 @@ def eval_command(
                 nan_policy=nan_policy,
                 device=device,
                 chunk_elements=chunk_elements,
+                detect_curve=detect_curve,
+                thresholds=thresholds,
+                input=input_file,
+                input_key=input_key,
+                figure_stats=figures is not None,
             )
-            result = _evaluate_with_progress(pred, target, options, show=rank == 0 and not quiet)
+            comparison = _evaluate_with_progress(preds, target, options, show=rank == 0 and not quiet)
     finally:
         finish_distributed()
     if rank == 0:
-        _print_report(result, output_format)
-    _apply_gate(result.acb_mse, fail_above, speak=rank == 0)
+        if figures is not None:
+            from acbmse_cli.eval_plots import write_eval_figures
+
+            _tell_written(write_eval_figures(comparison, figures, image_format))
+        _print_report(comparison, output_format)
+    failed = [
+        _failed_gate(report, fail_above, speak=rank == 0, named=len(comparison.reports) > 1)
+        for report in comparison.reports
+    ]
+    if any(failed):
+        raise typer.Exit(1)
 
 
 def _given_options(ctx: typer.Context) -> Any:
@@ -280,41 +361,52 @@ def _errors_said_by_rank_zero(rank: int) -> Iterator[None]:
         raise
 
 
-def _evaluate_with_progress(pred: str, target: str, options: EvalOptions, *, show: bool) -> EvalResult:
+def _evaluate_with_progress(
+    preds: list[str], target: str, options: EvalOptions, *, show: bool
+) -> EvalComparison:
     """The evaluation, with a progress bar on stderr where ``show`` and stderr is a terminal."""
-    from acbmse_cli.evaluate import evaluate
+    from acbmse_cli.evaluate import evaluate_many
     from acbmse_cli.report import DelayedProgress
 
     if not (show and sys.stderr.isatty()):
-        return evaluate(pred, target, options)
+        return evaluate_many(preds, target, options)
     with DelayedProgress() as bar:
-        return evaluate(pred, target, options, progress=bar)
+        return evaluate_many(preds, target, options, progress=bar)
 
 
-def _print_report(result: EvalResult, output_format: str) -> None:
+def _print_report(comparison: EvalComparison, output_format: str) -> None:
     """The report on stdout (a note on stderr for omitted elements)."""
+    from acbmse_cli._streams import printable
     from acbmse_cli.report import render_csv, render_json, render_table, stdout_console
 
-    if result.omitted:
-        sys.stderr.write(f"acbmse: left out {result.omitted} elements with NaN or Inf (--nan-policy omit)\n")
+    for result in comparison.reports:
+        if result.omitted:
+            name = f" of {printable(result.pred)}" if len(comparison.reports) > 1 else ""
+            sys.stderr.write(
+                f"acbmse: left out {result.omitted} elements{name} with NaN or Inf (--nan-policy omit)\n"
+            )
     with _stdout_guard():
         if output_format == "json":
-            sys.stdout.write(render_json(result))
+            sys.stdout.write(render_json(comparison))
         elif output_format == "csv":
-            sys.stdout.write(render_csv(result))
+            sys.stdout.write(render_csv(comparison))
         else:
-            render_table(result, stdout_console())
+            render_table(comparison, stdout_console())
 
 
-def _apply_gate(score: float, fail_above: float | None, *, speak: bool) -> None:
-    """Exit with code 1 unless the score is at or below ``fail_above``: a NaN score fails."""
+def _failed_gate(result: EvalResult, fail_above: float | None, *, speak: bool, named: bool) -> bool:
+    """Whether the score is above ``fail_above`` (a NaN score fails), said on stderr."""
+    score = result.acb_mse
     if fail_above is None or score <= fail_above:
-        return
+        return False
     if speak:
+        from acbmse_cli._streams import printable
+
         verdict = "is not a number, which fails" if math.isnan(score) else "is above"
+        who = f"{printable(result.pred)}: " if named else ""
         shown, limit = _distinct_numbers(score, fail_above)
-        sys.stderr.write(f"acbmse: ACB-MSE {shown} {verdict} --fail-above {limit}\n")
-    raise typer.Exit(1)
+        sys.stderr.write(f"acbmse: {who}ACB-MSE {shown} {verdict} --fail-above {limit}\n")
+    return True
 
 
 def _distinct_numbers(a: float, b: float) -> tuple[str, str]:
@@ -422,7 +514,8 @@ DEMO_HELP = (
     "Train one small denoising autoencoder per loss (MSE, MAE, ACB-MSE) on synthetic detector frames.\n\n"
     "Same initial weights, batches, optimiser and steps for every loss. Each model is then scored on a "
     "held-out set: hit recall, precision, F1 (a hit is detected where the output is above 10, half the "
-    "smallest hit value), the share of blank outputs (no pixel above 10), MSE per class."
+    "smallest hit value), the share of the input's noise hits removed, the share of blank outputs (no "
+    "pixel above 10), average precision and best F1 over 201 thresholds, MSE per class."
 )
 
 
@@ -455,7 +548,8 @@ def demo(
     out: Annotated[
         str | None,
         typer.Option(
-            help="Folder for the figure demo.png (held-out frames and loss curves).", rich_help_panel=OUTPUT
+            help="Folder for the figure demo.png (held-out frames, training and precision-recall curves).",
+            rich_help_panel=OUTPUT,
         ),
     ] = None,
     save_data: Annotated[

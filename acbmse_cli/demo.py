@@ -17,6 +17,17 @@ per-class errors come from :func:`acbmse_cli.loss.class_stats` in float64, poole
 the same statistics ``acbmse eval`` reports: ``mse_hit`` and ``mse_nonhit`` (the mean squared error over
 the target's hits and non-hits), ``mse`` (over all pixels) and ``acb_mse`` (:func:`balanced_loss` of those
 statistics with the run's hit and non-hit weights).
+
+**Over every threshold, and denoising.** The same held-out outputs go through
+:func:`acbmse_cli.histograms.detection_stats` and :func:`~acbmse_cli.histograms.detection_curve`, the code
+of ``acbmse eval --detect-curve --input``, so the demo's figures equal that command's on the ``--save-data``
+files. The grid is eval's default (:func:`detection_grid`): 201 thresholds from the hit threshold 0 to the
+held-out target's largest hit value rounded up; it is the ``thresholds`` of the run record. Over it:
+``average_precision`` (the step-wise sum ``sum_k (R_k - R_{k-1}) P_k``, thresholds decreasing) and
+``best_f1`` (``threshold``, ``f1``, ``recall``, ``precision`` at the grid threshold of highest F1, the
+lowest on ties). At the detection threshold: ``signal_retained``, the share of the ``signal_hits`` (the
+target's hits) above it (the recall), and ``noise_removed``, the share of the ``noise_hits`` (hits of the
+network's input that are not hits of the target) at or below it.
 """
 
 from __future__ import annotations
@@ -37,10 +48,18 @@ from torch import Tensor, nn
 
 from acbmse_cli._checks import as_input_error, check_integer, check_real, check_weight
 from acbmse_cli._files import OutputDir, Writer, as_output_dir, check_destinations, write_files
-from acbmse_cli._loss_names import LOSS_LABELS, LOSS_NAMES
+from acbmse_cli._loss_names import LOSS_COLORS, LOSS_LABELS, LOSS_NAMES
 from acbmse_cli._provenance import run_record
 from acbmse_cli.errors import InputError
+from acbmse_cli.histograms import (
+    DetectionCurve,
+    ThresholdGrid,
+    default_grid,
+    detection_curve,
+    detection_stats,
+)
 from acbmse_cli.loss import acb_mse_loss, balanced_loss, class_stats, detection_counts
+from acbmse_cli.stats import hit_mask
 from acbmse_cli.synthetic import CROSS, LINE, SyntheticConfig, SyntheticPairs, generate_pairs
 
 if TYPE_CHECKING:
@@ -54,9 +73,12 @@ __all__ = [
     "DemoOptions",
     "DemoResult",
     "LossRun",
+    "Metric",
     "check_outputs",
     "default_threads",
+    "detection_grid",
     "heldout_metrics",
+    "heldout_scores",
     "parse_frame_size",
     "parse_losses",
     "run_demo",
@@ -73,6 +95,13 @@ FIGURE_FILE = "demo.png"
 
 # Seeds are passed to torch.manual_seed, which takes a signed 64-bit integer.
 MAX_SEED = 2**63
+
+#: The hit class of the held-out target: ``|target| > HIT_THRESHOLD`` (the data's hits lie in
+#: ``[tof_min, tof_max]``, everything else is 0).
+HIT_THRESHOLD = 0.0
+
+#: One held-out metric: a count, a ratio, ``best_f1``'s operating point, or ``None`` where undefined.
+Metric = float | int | dict[str, float | None] | None
 
 # Called after every training step as progress(loss_name, step, steps, loss_value).
 ProgressCallback = Callable[[str, int, int, float], None]
@@ -268,27 +297,32 @@ class LossRun:
     Attributes:
         name: the loss (one of :data:`LOSS_NAMES`).
         curve: the training loss after every step.
-        metrics: the held-out metrics (see the module docstring), plain numbers or ``None``.
+        metrics: the held-out metrics (see the module docstring), plain numbers or ``None``
+            (``best_f1`` a dict of them).
         predictions: the model's outputs on the held-out set, float32 ``(N, 1, H, W)``.
+        detection: hit finding on the held-out set at every threshold of the run's grid.
     """
 
     name: str
     curve: list[float]
-    metrics: dict[str, float | int | None]
+    metrics: dict[str, Metric]
     predictions: np.ndarray = field(repr=False)
+    detection: DetectionCurve = field(repr=False)
 
 
 @dataclass
 class DemoResult:
-    """What :func:`run_demo` returns: the options, the device, the held-out data and one run per loss."""
+    """What :func:`run_demo` returns: the options, the device, the held-out data, one run per loss and
+    the threshold grid of every loss's detection curve."""
 
     options: DemoOptions
     device: str
     detect_threshold: float
     heldout: SyntheticPairs = field(repr=False)
     runs: dict[str, LossRun]
+    grid: ThresholdGrid = field(repr=False)
 
-    def metrics(self) -> dict[str, dict[str, float | int | None]]:
+    def metrics(self) -> dict[str, dict[str, Metric]]:
         """``{loss: {metric: value}}``, ready for ``json.dumps``."""
         return {name: dict(run.metrics) for name, run in self.runs.items()}
 
@@ -307,6 +341,7 @@ class DemoResult:
                 "frame_size": f"{o.height}x{o.width}",
                 "learning_rate": o.learning_rate,
                 "detect_threshold": self.detect_threshold,
+                "thresholds": self.grid.describe(),
                 "device": self.device,
             }
         )
@@ -442,20 +477,24 @@ def run_demo(
     device = torch.device(device)
     check_memory(options, device)
     heldout = generate_pairs(options.eval_frames, seed=(options.seed, 2), config=options.data_config())
+    grid = detection_grid(heldout.target)
     with _torch_threads(options.threads, device):
         models, curves = _train(options, device, progress)
         runs: dict[str, LossRun] = {}
         for name in options.losses:
             predictions = _predict(models[name], heldout.input, device, options.batch_size)
-            metrics = heldout_metrics(predictions, heldout.target, options)
+            metrics, detection = heldout_scores(
+                predictions, heldout.target, options, noisy=heldout.input, grid=grid
+            )
             metrics["final_train_loss"] = _finite(curves[name][-1])
-            runs[name] = LossRun(name=name, curve=curves[name], metrics=metrics, predictions=predictions)
+            runs[name] = LossRun(name, curves[name], metrics, predictions, detection)
     return DemoResult(
         options=options,
         device=str(device),
         detect_threshold=options.detect_threshold,
         heldout=heldout,
         runs=runs,
+        grid=grid,
     )
 
 
@@ -504,10 +543,65 @@ def _ratio(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
+def detection_grid(target: np.ndarray) -> ThresholdGrid:
+    """``acbmse eval``'s default grid for ``target``: from :data:`HIT_THRESHOLD` to its largest finite hit
+    value, so that the curve covers every threshold at which a hit of the target could be told apart."""
+    truth = torch.from_numpy(target)
+    values = truth[hit_mask(truth, HIT_THRESHOLD)]
+    values = values[torch.isfinite(values)]
+    return default_grid(HIT_THRESHOLD, float(values.max()) if values.numel() else None)
+
+
 def heldout_metrics(
+    predictions: np.ndarray,
+    target: np.ndarray,
+    options: DemoOptions,
+    *,
+    noisy: np.ndarray | None = None,
+    grid: ThresholdGrid | None = None,
+) -> dict[str, Metric]:
+    """The held-out metrics of one model's outputs (see the module docstring): those of
+    :func:`heldout_scores`, without the curve."""
+    metrics, _curve = heldout_scores(predictions, target, options, noisy=noisy, grid=grid)
+    return metrics
+
+
+def heldout_scores(
+    predictions: np.ndarray,
+    target: np.ndarray,
+    options: DemoOptions,
+    *,
+    noisy: np.ndarray | None = None,
+    grid: ThresholdGrid | None = None,
+) -> tuple[dict[str, Metric], DetectionCurve]:
+    """The held-out metrics of one model's outputs, and its detection curve over ``grid`` (default:
+    :func:`detection_grid` of ``target``).  ``noisy`` is the network's input, which tells the noise hits;
+    without it ``noise_hits`` and ``noise_removed`` are ``None``."""
+    metrics: dict[str, Metric] = {**_fixed_threshold_metrics(predictions, target, options)}
+    pred, truth = torch.from_numpy(predictions), torch.from_numpy(target)
+    noise = None if noisy is None else torch.from_numpy(noisy)
+
+    def curve_over(thresholds: ThresholdGrid) -> DetectionCurve:
+        stats = detection_stats(pred, truth, thresholds, hit_threshold=HIT_THRESHOLD, noisy=noise)
+        return detection_curve(stats, thresholds)
+
+    curve = curve_over(detection_grid(target) if grid is None else grid)
+    fixed = curve_over(ThresholdGrid((options.detect_threshold,)))
+    metrics.update(
+        average_precision=curve.average_precision,
+        best_f1=curve.best_f1(),
+        signal_hits=fixed.signal_hits,
+        signal_retained=fixed.recall[0],
+        noise_hits=fixed.noise_hits,
+        noise_removed=None if fixed.noise_removed is None else fixed.noise_removed[0],
+    )
+    return metrics, curve
+
+
+def _fixed_threshold_metrics(
     predictions: np.ndarray, target: np.ndarray, options: DemoOptions
 ) -> dict[str, float | int | None]:
-    """Detection and per-class error metrics of one model's held-out outputs (see the module docstring)."""
+    """The metrics at the detection threshold and the per-class errors."""
     pred = torch.from_numpy(predictions)
     truth = torch.from_numpy(target)
     counts = detection_counts(pred, truth, detect_threshold=options.detect_threshold, per_sample=True)
@@ -558,7 +652,8 @@ def save_data(result: DemoResult, directory: str | os.PathLike[str] | OutputDir)
 
 
 def save_figure(result: DemoResult, directory: str | os.PathLike[str] | OutputDir) -> Path:
-    """Write ``demo.png``: a few held-out frames (input, target, each loss's output) and the loss curves."""
+    """Write ``demo.png``: a few held-out frames (input, target, each loss's output), the training-loss
+    curves and the held-out precision-recall curves."""
     (target,) = save_outputs(result, figure_dir=directory)
     return target
 
@@ -643,15 +738,17 @@ def _figure_frames(pattern: np.ndarray, count: int) -> list[int]:
 
 
 def _draw_figure(result: DemoResult, *, frames: int = 3) -> Figure:
-    """The figure of :func:`save_figure`: a row of panels per chosen frame, the training curves below."""
+    """The figure of :func:`save_figure`: a row of panels per chosen frame; below, the training curves
+    beside the held-out precision-recall curves."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     chosen = _figure_frames(result.heldout.pattern, frames)
     columns = 2 + len(result.runs)
-    fig = Figure(figsize=(2.6 * columns, 1.9 * len(chosen) + 3.2), layout="constrained")
+    width = max(2.6 * columns, 10.0)  # room for the two panels of the last row with a single loss
+    fig = Figure(figsize=(width, 1.9 * len(chosen) + 4.2), layout="constrained")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(len(chosen) + 1, columns, height_ratios=[1.0] * len(chosen) + [1.5])
+    grid = fig.add_gridspec(len(chosen) + 1, columns, height_ratios=[1.0] * len(chosen) + [2.1])
     vmax = result.options.data_config().tof_max
     image = None
     for row, index in enumerate(chosen):
@@ -670,7 +767,9 @@ def _draw_figure(result: DemoResult, *, frames: int = 3) -> Figure:
                 ax.set_ylabel(f"frame {index}")
     if image is not None:
         fig.colorbar(image, ax=fig.axes, shrink=0.6, label="value (ToF); output clipped to [0, max]")
-    _plot_training_curves(fig.add_subplot(grid[len(chosen), :]), result)
+    bottom = grid[len(chosen), :].subgridspec(1, 2, width_ratios=[3, 2])
+    _plot_training_curves(fig.add_subplot(bottom[0, 0]), result)
+    _plot_precision_recall(fig.add_subplot(bottom[0, 1]), result)
     return fig
 
 
@@ -680,12 +779,52 @@ def _plot_training_curves(ax: Axes, result: DemoResult) -> None:
         curve = np.asarray(run.curve, dtype=np.float64)
         relative = curve / curve[0] if curve[0] > 0 else curve
         steps = np.arange(1, len(curve) + 1)
-        (line,) = ax.plot(steps, relative, alpha=0.25, linewidth=0.8)
+        ax.plot(steps, relative, color=LOSS_COLORS[name], alpha=0.25, linewidth=0.8)
         window = max(1, len(curve) // 40)
         smooth = np.convolve(relative, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1 :], smooth, color=line.get_color(), label=LOSS_LABELS[name])
+        ax.plot(steps[window - 1 :], smooth, color=LOSS_COLORS[name], label=LOSS_LABELS[name])
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss / first step's")
-    ax.set_title("training-loss curves (each relative to its first step; thick: running mean)")
+    ax.set_title("training loss, relative to the first step (thick: running mean)")
     ax.legend()
+
+
+def _plot_precision_recall(ax: Axes, result: DemoResult) -> None:
+    """Each loss's held-out precision against recall over the grid, its best-F1 point (star) and its
+    point at the detection threshold (circle); AP in the legend."""
+    for name, run in result.runs.items():
+        curve, color = run.detection, LOSS_COLORS[name]
+        points = [(r, p) for r, p in zip(curve.recall, curve.precision, strict=True) if p is not None]
+        ap = curve.average_precision
+        label = f"{LOSS_LABELS[name]}  AP {'n/a' if ap is None else f'{ap:.3f}'}"
+        if points:
+            recall, precision = zip(*points, strict=True)
+            ax.plot(recall, precision, color=color, linewidth=1.6, label=label)
+        else:  # nothing above any threshold: no curve to draw, but the loss keeps its legend entry
+            ax.plot([], [], color=color, linewidth=1.6, label=label)
+        _mark_operating_points(ax, run, color)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall (share of true hits found)")
+    ax.set_ylabel("precision (share of detections that are hits)")
+    ax.set_title(
+        f"held-out hit finding over {len(result.grid)} thresholds\n"
+        f"★ best F1, ○ output > {result.detect_threshold:g}",
+        fontsize="medium",
+    )
+    ax.grid(visible=True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize="small")
+
+
+def _mark_operating_points(ax: Axes, run: LossRun, color: str) -> None:
+    """A star at the best-F1 point of ``run``'s curve, a circle at its detection threshold."""
+    best = run.detection.best_f1() or {}
+    recall, precision = best.get("recall"), best.get("precision")
+    if recall is not None and precision is not None:
+        ax.plot(recall, precision, marker="*", markersize=12, color=color,
+                markeredgecolor="black", markeredgewidth=0.6, linestyle="none")  # fmt: skip
+    fixed_recall, fixed_precision = run.metrics["recall"], run.metrics["precision"]
+    if isinstance(fixed_recall, float) and isinstance(fixed_precision, float):
+        ax.plot(fixed_recall, fixed_precision, marker="o", markersize=6, markerfacecolor="none",
+                markeredgecolor=color, markeredgewidth=1.4, linestyle="none")  # fmt: skip

@@ -34,8 +34,19 @@ from acbmse_cli._checks import as_input_error, check_real, check_weight
 from acbmse_cli._provenance import run_record
 from acbmse_cli.arrays import ArraySource, chunk_ranges, open_array
 from acbmse_cli.errors import InputError
-from acbmse_cli.loss import balanced_loss, class_stats, detection_counts
-from acbmse_cli.stats import ClassStats
+from acbmse_cli.histograms import (
+    DetectionCurve,
+    DetectionStats,
+    ErrorStats,
+    ThresholdGrid,
+    calibration_bounds,
+    default_grid,
+    detection_curve,
+    detection_stats,
+    error_stats,
+)
+from acbmse_cli.loss import balanced_loss, class_stats
+from acbmse_cli.stats import ClassStats, hit_mask
 
 __all__ = [
     "DEFAULT_CHUNK_ELEMENTS",
@@ -43,11 +54,13 @@ __all__ = [
     "ClassResult",
     "ClassSpec",
     "DetectionResult",
+    "EvalComparison",
     "EvalOptions",
     "EvalResult",
     "SampleResult",
     "evaluate",
     "evaluate_files",
+    "evaluate_many",
     "finish_distributed",
     "init_distributed",
     "parse_names",
@@ -117,6 +130,23 @@ class DetectionResult:
 
 
 @dataclass(frozen=True)
+class DenoisingResult:
+    """Signal retained and noise removed by "prediction > threshold"; the keys of ``denoising``.
+
+    The signal hits are the target's hits; the noise hits the elements that are hits of the
+    network's input (``|input| > hit_threshold``) but not of the target.  ``signal_retained`` is
+    the fraction of signal hits detected (the recall), ``noise_removed`` the fraction of noise
+    hits not detected; ``None`` where there are none.
+    """
+
+    threshold: float
+    signal_hits: int
+    signal_retained: float | None
+    noise_hits: int
+    noise_removed: float | None
+
+
+@dataclass(frozen=True)
 class EvalResult:
     """Everything ``acbmse eval`` reports; :meth:`to_dict` is its JSON document."""
 
@@ -134,6 +164,12 @@ class EvalResult:
     detection: DetectionResult | None = None
     worst_samples: tuple[SampleResult, ...] | None = None
     run: dict[str, Any] | None = None
+    denoising: DenoisingResult | None = None
+    detection_curve: DetectionCurve | None = None
+    figure_stats: ErrorStats | None = field(default=None, repr=False, compare=False)
+    figure_bounds: tuple[float, float] | None = field(default=None, repr=False, compare=False)
+    """The value range of ``figure_stats.calibration`` (both axes); ``None`` where there are no
+    calibration counts (labelled classes, or no figure statistics)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document: ``pred``, ``target``, ``elements``, ``classes``, ``mse``, ``mae`` and
@@ -161,9 +197,52 @@ class EvalResult:
                 }
                 for s in self.worst_samples
             ]
+        if self.denoising is not None:
+            doc["denoising"] = asdict(self.denoising)
+        if self.detection_curve is not None:
+            doc["detection_curve"] = _curve_doc(self.detection_curve)
+            if self.detection_curve.noise_removed is not None:
+                doc["denoising_curve"] = _denoising_curve_doc(self.detection_curve)
         if self.run is not None:
             doc["run"] = self.run
         return doc
+
+
+def _curve_doc(curve: DetectionCurve) -> dict[str, Any]:
+    return {
+        "threshold": list(curve.threshold),
+        "tp": list(curve.tp),
+        "fp": list(curve.fp),
+        "fn": list(curve.fn),
+        "recall": list(curve.recall),
+        "precision": list(curve.precision),
+        "f1": list(curve.f1),
+        "average_precision": curve.average_precision,
+        "best_f1": curve.best_f1(),
+    }
+
+
+def _denoising_curve_doc(curve: DetectionCurve) -> dict[str, Any]:
+    assert curve.noise_removed is not None
+    return {
+        "threshold": list(curve.threshold),
+        "signal_hits": curve.signal_hits,
+        "signal_retained": list(curve.recall),
+        "noise_hits": curve.noise_hits,
+        "noise_removed": list(curve.noise_removed),
+    }
+
+
+@dataclass(frozen=True)
+class EvalComparison:
+    """Several predictions against one target: one :class:`EvalResult` per prediction, in order."""
+
+    target: str
+    reports: tuple[EvalResult, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"target": PATH, "reports": [<each prediction's document>]}``."""
+        return {"target": self.target, "reports": [r.to_dict() for r in self.reports]}
 
 
 # --------------------------------------------------------------------------- options
@@ -214,9 +293,16 @@ class EvalOptions:
     Attributes:
         pred_key, target_key: the array of an ``.npz`` (or the entry of a dict in a ``.pt``).
         labels: a file of integer labels in ``[0, K)``, the target's shape.
+        labels_key: the array of a labels ``.npz`` (or the entry of a dict in a ``.pt``).
         class_names: one name per class, in label order.
         per_sample: also find the ``top`` (default 10) samples (dim 0) with the worst ACB-MSE.
         detect_threshold: also count "prediction > threshold" against the true hits.
+        detect_curve: also count them at every threshold of ``thresholds`` (a
+            :class:`~acbmse_cli.histograms.ThresholdGrid` or its text ``"START:STOP:N"`` /
+            ``"t1,t2,..."``; default: 201 from the hit threshold to the target's largest hit).
+        input, input_key: the network's input (the noisy frames, the target's shape): with
+            detection, also the noise removed (:class:`DenoisingResult`).
+        figure_stats: also count the histograms of the figures (:class:`~acbmse_cli.histograms.ErrorStats`).
         nan_policy: ``"raise"``: NaN or Inf in either file is an error that says how many
             and where the first is; ``"omit"``: leave those elements out.
         device: where the arithmetic runs (``"auto"``, ``"cpu"``, ``"cuda:1"``...).
@@ -231,6 +317,7 @@ class EvalOptions:
     pred_key: str | None = None
     target_key: str | None = None
     labels: str | os.PathLike[str] | None = None
+    labels_key: str | None = None
     hit_threshold: float | None = None
     hit_weight: float | None = None
     nonhit_weight: float | None = None
@@ -242,6 +329,11 @@ class EvalOptions:
     nan_policy: str = "raise"
     device: str | torch.device = "cpu"
     chunk_elements: int | None = None
+    detect_curve: bool = False
+    thresholds: ThresholdGrid | str | None = None
+    input: str | os.PathLike[str] | None = None
+    input_key: str | None = None
+    figure_stats: bool = False
     classes: ClassSpec = field(init=False, repr=False, compare=False)
     torch_device: torch.device = field(init=False, repr=False, compare=False)
 
@@ -252,6 +344,9 @@ class EvalOptions:
         with as_input_error():
             classes = _labelled_classes(self) if self.labels is not None else _hit_classes(self)
             _check_outputs(self)
+            _check_detection(self)
+            if isinstance(self.thresholds, str):
+                object.__setattr__(self, "thresholds", ThresholdGrid.parse(self.thresholds))
             device = _eval_device(self.device)
         object.__setattr__(self, "classes", classes)
         object.__setattr__(self, "torch_device", device)
@@ -260,14 +355,18 @@ class EvalOptions:
         """The version and every option that shaped the numbers (not how the work was chunked)."""
         classes = self.classes
         if classes.labelled:
-            class_options: dict[str, Any] = {"labels": self.labels, "class_weights": classes.weights}
+            class_options: dict[str, Any] = {
+                "labels": self.labels,
+                "labels_key": self.labels_key,
+                "class_weights": classes.weights,
+            }
         else:
             class_options = {
                 "hit_threshold": classes.hit_threshold,
                 "hit_weight": classes.weights[1],
                 "nonhit_weight": classes.weights[0],
             }
-        return run_record(
+        record = run_record(
             {
                 "pred_key": self.pred_key,
                 "target_key": self.target_key,
@@ -280,6 +379,19 @@ class EvalOptions:
                 "device": self.torch_device,
             }
         )
+        if self.detect_curve:
+            record["detect_curve"] = True
+            record["thresholds"] = None if self.grid is None else self.grid.describe()
+        if self.input is not None:
+            record["input"] = os.fspath(self.input)
+            record["input_key"] = self.input_key
+        return record
+
+    @property
+    def grid(self) -> ThresholdGrid | None:
+        """The thresholds given for the curve (``None``: the default grid, found from the target)."""
+        assert not isinstance(self.thresholds, str)
+        return self.thresholds
 
     @property
     def top_samples(self) -> int:
@@ -305,6 +417,8 @@ def _labelled_classes(options: EvalOptions) -> ClassSpec:
         ("--hit-weight", options.hit_weight),
         ("--nonhit-weight", options.nonhit_weight),
         ("--detect-threshold", options.detect_threshold),
+        ("--detect-curve", options.detect_curve or None),
+        ("--input", options.input),
     ):
         if value is not None:
             raise ValueError(f"{option} has no meaning with --labels: the classes come from the labels file")
@@ -316,6 +430,8 @@ def _labelled_classes(options: EvalOptions) -> ClassSpec:
 
 
 def _hit_classes(options: EvalOptions) -> ClassSpec:
+    if options.labels_key is not None:
+        raise ValueError("--labels-key needs --labels: it picks the array of a labels .npz or .pt")
     if options.class_weights is not None:
         raise ValueError(
             "--class-weights needs --labels; for hits and non-hits use --hit-weight/--nonhit-weight"
@@ -356,6 +472,19 @@ def _check_outputs(options: EvalOptions) -> None:
         raise ValueError(f"--nan-policy must be one of {', '.join(NAN_POLICIES)}, got {options.nan_policy!r}")
     if options.chunk_elements is not None:
         _check_count("--chunk-elements", options.chunk_elements)
+
+
+def _check_detection(options: EvalOptions) -> None:
+    """Options of hit finding that need another."""
+    if options.thresholds is not None and not options.detect_curve:
+        raise ValueError("--thresholds needs --detect-curve")
+    detecting = options.detect_threshold is not None or options.detect_curve
+    if options.input is not None and not detecting:
+        raise ValueError(
+            "--input needs --detect-threshold or --detect-curve: noise removed is a detection figure"
+        )
+    if options.input_key is not None and options.input is None:
+        raise ValueError("--input-key needs --input")
 
 
 def _check_threshold(option: str, value: object, *, signed: bool) -> float:
@@ -434,34 +563,68 @@ class _ChunkResult:
     rows: bool  # whole samples (stats per sample) or not (stats pooled)
     stats: ClassStats
     nonfinite: _NonFinite | None = None
-    detection: torch.Tensor | None = None
+    detection: DetectionStats | None = None  # at --detect-threshold
+    curve: DetectionStats | None = None  # at every threshold of the curve's grid
+    figures: ErrorStats | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What is counted besides the classes, decided before the pass: the detection threshold as a
+    grid of one, the curve's grid, and the value range of the calibration figure."""
+
+    fixed: ThresholdGrid | None = None
+    curve: ThresholdGrid | None = None
+    bounds: tuple[float, float] | None = None
+
+
+@dataclass
+class _Chunk:
+    """The values of one chunk: prediction, target, labels and the network's input."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    lab: torch.Tensor | None
+    noisy: torch.Tensor | None
+
+    def rows(self, n_rows: int) -> _Chunk:
+        """The same values as ``(n_rows, -1)`` views."""
+        return self._map(lambda v: v.reshape(n_rows, -1))
+
+    def kept(self, keep: torch.Tensor) -> _Chunk:
+        """The elements where ``keep`` is True."""
+        return self._map(lambda v: v[keep])
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> _Chunk:
+        def opt(v: torch.Tensor | None) -> torch.Tensor | None:
+            return None if v is None else fn(v)
+
+        return _Chunk(fn(self.x), fn(self.y), opt(self.lab), opt(self.noisy))
 
 
 class _ChunkComputer:
     """Turns the values of one chunk into its :class:`_ChunkResult`: the statistics of its classes
     (per sample where the chunk holds whole samples), its NaN and Inf values, its detection counts."""
 
-    def __init__(self, options: EvalOptions, inputs: _Inputs) -> None:
+    def __init__(self, options: EvalOptions, inputs: _Inputs, plan: _Plan, pred: ArraySource) -> None:
         self.classes = options.classes
         self.per_sample = options.per_sample
         self.omit = options.omit
-        self.detect_threshold = options.detect_threshold
+        self.plan = plan
         self.inputs = inputs
+        self.pred = pred
         self.row_size = inputs.row_size
         # Integers and bools are finite: only floating-point files need the check.
-        self.check_finite = any(s.dtype.startswith(("float", "bfloat")) for s in (inputs.pred, inputs.target))
+        self.check_finite = any(s.dtype.startswith(("float", "bfloat")) for s in (pred, inputs.target))
 
-    def compute(
-        self, start: int, stop: int, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None
-    ) -> _ChunkResult:
-        """The statistics of elements ``[start, stop)`` (whose values are ``x``, ``y``, ``lab``)."""
-        if lab is not None and lab.device.type != "cpu":  # class_stats range-checks labels on the CPU only
-            self._check_label_range(lab, start)
+    def compute(self, start: int, stop: int, chunk: _Chunk) -> _ChunkResult:
+        """The statistics of elements ``[start, stop)``, whose values are ``chunk``."""
+        if chunk.lab is not None and chunk.lab.device.type != "cpu":  # class_stats checks on the CPU only
+            self._check_label_range(chunk.lab, start)
         rows = self.per_sample and start % self.row_size == 0 and (stop - start) % self.row_size == 0
         if rows:  # whole samples: one group each
-            n_rows = (stop - start) // self.row_size
-            x, y = x.reshape(n_rows, -1), y.reshape(n_rows, -1)
-            lab = lab.reshape(n_rows, -1) if lab is not None else None
+            chunk = chunk.rows((stop - start) // self.row_size)
+        x, y, lab = chunk.x, chunk.y, chunk.lab
         result = _ChunkResult(start, stop, rows, self._class_stats(x, y, lab, start, per_sample=rows))
         # A NaN or Inf in either file makes its class's sum of targets or of predictions
         # non-finite: the sums show whether the chunk needs a closer look, at no cost.
@@ -472,15 +635,23 @@ class _ChunkComputer:
                 if not self.omit:
                     return result  # the run ends in an error; only the counts matter now
                 result.stats = self._omit(x, y, lab, keep, result.stats, start, rows=rows)
-                x, y = x[keep], y[keep]
-        if self.detect_threshold is not None:
-            result.detection = detection_counts(
-                x.reshape(-1),
-                y.reshape(-1),
-                hit_threshold=self.classes.hit_threshold,
-                detect_threshold=self.detect_threshold,
-            )
+                chunk = chunk.kept(keep)
+        self._count_detection(result, chunk)
         return result
+
+    def _count_detection(self, result: _ChunkResult, chunk: _Chunk) -> None:
+        plan, threshold = self.plan, self.classes.hit_threshold
+        for name, grid in (("detection", plan.fixed), ("curve", plan.curve)):
+            if grid is not None:
+                counts = detection_stats(chunk.x, chunk.y, grid, hit_threshold=threshold, noisy=chunk.noisy)
+                setattr(result, name, counts)
+        if plan.bounds is not None:
+            if chunk.lab is None:
+                hit = hit_mask(chunk.y, threshold)
+                classes, num = hit.to(torch.int64), 2
+            else:
+                hit, classes, num = None, chunk.lab.to(torch.int64), self.classes.num_classes
+            result.figures = error_stats(chunk.x, chunk.y, classes, num, plan.bounds, hit=hit)
 
     def _class_stats(
         self, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, start: int, *, per_sample: bool
@@ -503,7 +674,7 @@ class _ChunkComputer:
         bad_x, bad_y = ~finite_x.reshape(-1), ~finite_y.reshape(-1)
         counts = (int(bad_x.sum()), int(bad_y.sum()))
         first = (
-            start + int(torch.argmax(bad_x.to(torch.uint8))) if counts[0] else self.inputs.pred.size,
+            start + int(torch.argmax(bad_x.to(torch.uint8))) if counts[0] else self.pred.size,
             start + int(torch.argmax(bad_y.to(torch.uint8))) if counts[1] else self.inputs.target.size,
         )
         return keep, _NonFinite(counts, first, omitted=int((~keep).sum()))
@@ -607,11 +778,13 @@ class _Totals:
     """What one process adds up over its chunks."""
 
     stats: ClassStats
-    detection: torch.Tensor | None  # [[true positives, false positives, false negatives]]
+    detection: DetectionStats | None
     top: _TopK | None
     first_bad: tuple[int, int]  # first flat index of a NaN/Inf value in pred, in target (size: none)
     nonfinite: tuple[int, int] = (0, 0)  # how many in pred, in target
     omitted: int = 0
+    curve: DetectionStats | None = None
+    figures: ErrorStats | None = None
 
     def add_nonfinite(self, found: _NonFinite) -> None:
         self.nonfinite = (self.nonfinite[0] + found.counts[0], self.nonfinite[1] + found.counts[1])
@@ -624,8 +797,10 @@ class _Totals:
         first_bad = _distributed.all_reduce(torch.tensor(self.first_bad, dtype=torch.int64), "min")
         return _Totals(
             stats=self.stats.to("cpu").all_reduce(),
-            detection=None if self.detection is None else _distributed.all_reduce(self.detection.cpu()),
+            detection=None if self.detection is None else self.detection.to("cpu").all_reduce(),
             top=None if self.top is None else self.top.gathered(),
+            curve=None if self.curve is None else self.curve.to("cpu").all_reduce(),
+            figures=None if self.figures is None else self.figures.to("cpu").all_reduce(),
             nonfinite=(int(counts[0]), int(counts[1])),
             first_bad=(int(first_bad[0]), int(first_bad[1])),
             omitted=int(counts[2]),
@@ -635,20 +810,25 @@ class _Totals:
 class _Accumulator:
     """Adds up the chunks' results in chunk order, and keeps the running per-sample ranking."""
 
-    def __init__(self, options: EvalOptions, inputs: _Inputs) -> None:
+    def __init__(self, options: EvalOptions, inputs: _Inputs, plan: _Plan, pred: ArraySource) -> None:
         num_classes = options.classes.num_classes
         device = inputs.device
         self.weights = options.classes.weights
         self.per_sample = options.per_sample
         self.omit = options.omit
         self.row_size = inputs.row_size
+        noise = inputs.noisy is not None
         self.totals = _Totals(
             stats=ClassStats.zeros(num_classes, device=device),
             detection=None
-            if options.detect_threshold is None
-            else torch.zeros(1, 3, dtype=torch.int64, device=device),
+            if plan.fixed is None
+            else DetectionStats.zeros(plan.fixed, noise=noise, device=device),
             top=_TopK.empty(options.top_samples, num_classes) if options.per_sample else None,
-            first_bad=(inputs.pred.size, inputs.target.size),
+            first_bad=(pred.size, inputs.target.size),
+            curve=None
+            if plan.curve is None
+            else DetectionStats.zeros(plan.curve, noise=noise, device=device),
+            figures=None if plan.bounds is None else ErrorStats.zeros(num_classes, device=device),
         )
         self.row_stats: ClassStats | None = None  # the sample being read in parts
 
@@ -658,9 +838,10 @@ class _Accumulator:
             totals.add_nonfinite(result.nonfinite)
         if totals.nonfinite != (0, 0) and not self.omit:
             return  # the run ends in an error: only the non-finite values are still counted
-        if result.detection is not None:
-            assert totals.detection is not None
-            totals.detection += result.detection
+        for name in ("detection", "curve", "figures"):
+            part = getattr(result, name)
+            if part is not None:
+                setattr(totals, name, getattr(totals, name) + part)
         if not self.per_sample:
             totals.stats = totals.stats + result.stats
         elif result.rows:
@@ -692,9 +873,10 @@ class _Accumulator:
 class _Inputs:
     """The open files of one evaluation, read in the same element ranges onto ``device``."""
 
-    pred: ArraySource
+    preds: tuple[ArraySource, ...]
     target: ArraySource
     labels: ArraySource | None
+    noisy: ArraySource | None
     device: torch.device
 
     @property
@@ -706,44 +888,75 @@ class _Inputs:
         """Elements per sample (dim 0)."""
         return math.prod(self.shape[1:]) if self.shape else 1
 
-    def read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Elements ``[start, stop)`` of each file, in order (some sources are streams)."""
-        x = self.pred.read(start, stop).to(self.device)
+    def read_shared(
+        self, start: int, stop: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Elements ``[start, stop)`` of the target, the labels and the network's input, read once
+        for every prediction (some sources are streams: each is read in order)."""
         y = self.target.read(start, stop).to(self.device)
         lab = self.labels.read(start, stop).to(self.device) if self.labels is not None else None
-        return x, y, lab
+        noisy = self.noisy.read(start, stop).to(self.device) if self.noisy is not None else None
+        return y, lab, noisy
+
+    def verify(self) -> None:
+        """Complete each file's checksum over the bytes the reads left out (see ArraySource.verify)."""
+        for source in (*self.preds, self.target, self.labels, self.noisy):
+            if source is not None:
+                source.verify()
 
 
 @contextlib.contextmanager
 def _open_inputs(
-    pred: str | os.PathLike[str], target: str | os.PathLike[str], options: EvalOptions, device: torch.device
+    preds: Sequence[str | os.PathLike[str]],
+    target: str | os.PathLike[str],
+    options: EvalOptions,
+    device: torch.device,
 ) -> Iterator[_Inputs]:
     """The files, checked against each other and the options; closed on leaving."""
     with contextlib.ExitStack() as files:
-        p = files.enter_context(open_array(pred, key=options.pred_key, key_option="--pred-key"))
         t = files.enter_context(open_array(target, key=options.target_key, key_option="--target-key"))
-        if p.shape != t.shape:
-            raise InputError(
-                f"{p.name} has shape {p.shape} but {t.name} has shape {t.shape}: they must match"
-            )
-        lab = None
-        if options.labels is not None:
-            lab = files.enter_context(open_array(options.labels, role="labels"))
-            if lab.shape != t.shape:
+        ps = []
+        for pred in preds:
+            p = files.enter_context(open_array(pred, key=options.pred_key, key_option="--pred-key"))
+            if p.shape != t.shape:
                 raise InputError(
-                    f"{lab.name}: labels have shape {lab.shape} but {t.name} has shape {t.shape}"
+                    f"{p.name} has shape {p.shape} but {t.name} has shape {t.shape}: they must match"
                 )
+            ps.append(p)
+        lab = _open_like(files, t, options.labels, options.labels_key, "--labels-key", role="labels")
+        noisy = _open_like(files, t, options.input, options.input_key, "--input-key", role="values")
         if options.per_sample and not t.shape:
             raise InputError(
                 f"--per-sample needs a batch dimension (dim 0), but {t.name} is a 0-dimensional array"
             )
-        yield _Inputs(p, t, lab, device)
+        yield _Inputs(tuple(ps), t, lab, noisy, device)
+
+
+def _open_like(
+    files: contextlib.ExitStack,
+    target: ArraySource,
+    path: str | os.PathLike[str] | None,
+    key: str | None,
+    key_option: str,
+    *,
+    role: Any,
+) -> ArraySource | None:
+    """A file that goes with the target (labels, the network's input), checked to have its shape."""
+    if path is None:
+        return None
+    source = files.enter_context(open_array(path, key=key, key_option=key_option, role=role))
+    if source.shape != target.shape:
+        what = "labels have" if role == "labels" else "the input has"
+        raise InputError(
+            f"{source.name}: {what} shape {source.shape} but {target.name} has shape {target.shape}"
+        )
+    return source
 
 
 def _stream(
     inputs: _Inputs,
-    computer: _ChunkComputer,
-    accumulator: _Accumulator,
+    computers: Sequence[_ChunkComputer],
+    accumulators: Sequence[_Accumulator],
     ranges: Iterable[tuple[int, int]],
     progress: Callable[[int], None],
 ) -> None:
@@ -756,7 +969,10 @@ def _stream(
     try:
         with _recycled_temporaries(), torch.inference_mode():
             for start, stop in ranges:
-                accumulator.fold(computer.compute(start, stop, *inputs.read(start, stop)))
+                y, lab, noisy = inputs.read_shared(start, stop)
+                for pred, computer, accumulator in zip(inputs.preds, computers, accumulators, strict=True):
+                    x = pred.read(start, stop).to(inputs.device)
+                    accumulator.fold(computer.compute(start, stop, _Chunk(x, y, lab, noisy)))
                 progress(stop - start)
     finally:
         torch.set_num_threads(threads)
@@ -802,27 +1018,87 @@ class _Counter:
             self.progress(self.done, self.total)
 
 
-def _accumulate(inputs: _Inputs, options: EvalOptions, progress: Progress | None) -> _Totals:
-    """This rank's share of the samples added up; under torchrun, all the ranks' totals merged."""
+def _rank_rows(inputs: _Inputs) -> tuple[int, int]:
+    """The samples (dim 0) of this rank: ``[first, last)``."""
     rank, world = _distributed.world()
     rows = inputs.shape[0] if inputs.shape else 1
-    first, last = rows * rank // world, rows * (rank + 1) // world
-    accumulator = _Accumulator(options, inputs)
+    return rows * rank // world, rows * (rank + 1) // world
+
+
+def _accumulate(
+    inputs: _Inputs, options: EvalOptions, plan: _Plan, progress: Progress | None
+) -> list[_Totals]:
+    """This rank's share of the samples added up, one total per prediction; under torchrun, all
+    the ranks' totals merged."""
+    first, last = _rank_rows(inputs)
+    accumulators = [_Accumulator(options, inputs, plan, p) for p in inputs.preds]
+    computers = [_ChunkComputer(options, inputs, plan, p) for p in inputs.preds]
     ranges = chunk_ranges(inputs.shape, _chunk_elements(options, inputs.row_size), (first, last))
-    error: str | None = None
     counter = _Counter(progress, (last - first) * inputs.row_size)
+
+    def work() -> None:
+        _stream(inputs, computers, accumulators, ranges, counter)
+        inputs.verify()  # before any result: a checksum that fails makes the whole run an error
+
+    _on_every_rank(work)
+    if _distributed.world()[1] == 1:
+        return [a.totals for a in accumulators]
+    return [a.totals.all_reduce() for a in accumulators]
+
+
+def _on_every_rank(work: Callable[[], None]) -> None:
+    """Run ``work``; under torchrun an input error on any rank is raised on every rank."""
+    if _distributed.world()[1] == 1:
+        work()
+        return
+    error: str | None = None
     try:
-        _stream(inputs, _ChunkComputer(options, inputs), accumulator, ranges, counter)
+        work()
     except InputError as exc:
-        if world == 1:
-            raise
         error = str(exc)
-    if world == 1:
-        return accumulator.totals
     error = _agree_on_errors(error)
     if error is not None:
         raise InputError(error)
-    return accumulator.totals.all_reduce()
+
+
+def _plan(inputs: _Inputs, options: EvalOptions) -> _Plan:
+    """The grids and bounds of the pass; the default grid and the figure's bounds come from the
+    range of the target's hit values, found in a pass over the target alone."""
+    fixed = None if options.detect_threshold is None else ThresholdGrid((float(options.detect_threshold),))
+    curve = options.grid if options.detect_curve else None
+    needs_range = (options.detect_curve and curve is None) or (
+        options.figure_stats and not options.classes.labelled
+    )
+    low, high = _hit_range(inputs, options) if needs_range else (None, None)
+    if options.detect_curve and curve is None:
+        curve = default_grid(options.classes.hit_threshold, high)
+    bounds = calibration_bounds(options.classes.hit_threshold, low, high) if options.figure_stats else None
+    return _Plan(fixed, curve, bounds)
+
+
+def _hit_range(inputs: _Inputs, options: EvalOptions) -> tuple[float | None, float | None]:
+    """The smallest and largest finite target value among the hits (``None`` without hits)."""
+    first, last = _rank_rows(inputs)
+    extremes = torch.tensor([math.inf, -math.inf], dtype=torch.float64)
+
+    def scan() -> None:
+        with torch.inference_mode():
+            for start, stop in chunk_ranges(inputs.shape, options.chunk, (first, last)):
+                y = inputs.target.read(start, stop)
+                values = y[hit_mask(y, options.classes.hit_threshold)]
+                values = values[torch.isfinite(values)].to(torch.float64)
+                if values.numel():
+                    low, high = torch.aminmax(values)
+                    extremes[0] = torch.minimum(extremes[0], low)
+                    extremes[1] = torch.maximum(extremes[1], high)
+
+    _on_every_rank(scan)
+    if _distributed.world()[1] > 1:
+        extremes = torch.cat(
+            [_distributed.all_reduce(extremes[:1], "min"), _distributed.all_reduce(extremes[1:], "max")]
+        )
+    low, high = float(extremes[0]), float(extremes[1])
+    return (low, high) if math.isfinite(low) else (None, None)
 
 
 def _chunk_elements(options: EvalOptions, row_size: int) -> int:
@@ -863,11 +1139,35 @@ def evaluate(
     Raises:
         InputError: a bad file, or NaN/Inf under ``nan_policy="raise"``.
     """
+    return evaluate_many([pred], target, options, progress=progress).reports[0]
+
+
+def evaluate_many(
+    preds: Sequence[str | os.PathLike[str]],
+    target: str | os.PathLike[str],
+    options: EvalOptions,
+    *,
+    progress: Progress | None = None,
+) -> EvalComparison:
+    """:func:`evaluate` of several predictions against one target, in one pass: each chunk of
+    the target (and of the labels and the network's input) is read once for all of them.  Each
+    report equals what :func:`evaluate` gives for its prediction alone.
+
+    Raises:
+        InputError: a bad file, or NaN/Inf under ``nan_policy="raise"``.
+    """
+    if not preds:
+        raise InputError("eval needs at least one prediction file")
     rank, world = _distributed.world()
     device = _rank_device(options.torch_device, rank, world)
-    with _open_inputs(pred, target, options, device) as inputs:
-        totals = _accumulate(inputs, options, progress)
-        return _summarize(totals, inputs, options, pred=str(pred), target=str(target))
+    with _open_inputs(preds, target, options, device) as inputs:
+        plan = _plan(inputs, options)
+        totals = _accumulate(inputs, options, plan, progress)
+        reports = tuple(
+            _summarize(t, source, inputs, options, plan, pred=str(path), target=str(target))
+            for t, source, path in zip(totals, inputs.preds, preds, strict=True)
+        )
+    return EvalComparison(str(target), reports)
 
 
 def evaluate_files(
@@ -877,6 +1177,7 @@ def evaluate_files(
     pred_key: str | None = None,
     target_key: str | None = None,
     labels: str | os.PathLike[str] | None = None,
+    labels_key: str | None = None,
     hit_threshold: float | None = None,
     hit_weight: float | None = None,
     nonhit_weight: float | None = None,
@@ -899,6 +1200,7 @@ def evaluate_files(
         pred_key=pred_key,
         target_key=target_key,
         labels=labels,
+        labels_key=labels_key,
         hit_threshold=hit_threshold,
         hit_weight=hit_weight,
         nonhit_weight=nonhit_weight,
@@ -918,10 +1220,17 @@ def evaluate_files(
 
 
 def _summarize(
-    totals: _Totals, inputs: _Inputs, options: EvalOptions, *, pred: str, target: str
+    totals: _Totals,
+    pred_source: ArraySource,
+    inputs: _Inputs,
+    options: EvalOptions,
+    plan: _Plan,
+    *,
+    pred: str,
+    target: str,
 ) -> EvalResult:
     if not options.omit:
-        _raise_on_nonfinite(totals, (inputs.pred, inputs.target))
+        _raise_on_nonfinite(totals, (pred_source, inputs.target))
     stats = totals.stats.to("cpu")
     sae, max_abs, sum_target, sum_input = _extended(stats)
     elements = int(stats.count.sum())
@@ -943,10 +1252,23 @@ def _summarize(
         mean_target=float(sum_target.sum()) / elements,
         mean_pred=float(sum_input.sum()) / elements,
         omitted=totals.omitted if options.omit else None,
-        detection=_detection_result(totals.detection, options.detect_threshold),
+        detection=_detection_result(totals.detection, plan.fixed),
         worst_samples=None if totals.top is None else _worst_samples(totals.top),
-        run=options.run_record(),
+        run=_run_record(options, plan),
+        denoising=_denoising_result(totals.detection, plan.fixed),
+        detection_curve=None
+        if totals.curve is None or plan.curve is None
+        else detection_curve(totals.curve, plan.curve),
+        figure_stats=totals.figures,
+        figure_bounds=None if classes.labelled or totals.figures is None else plan.bounds,
     )
+
+
+def _run_record(options: EvalOptions, plan: _Plan) -> dict[str, Any]:
+    record = options.run_record()
+    if plan.curve is not None:
+        record["thresholds"] = plan.curve.describe()
+    return record
 
 
 def _raise_on_nonfinite(totals: _Totals, sources: tuple[ArraySource, ArraySource]) -> None:
@@ -985,18 +1307,32 @@ def _class_result(stats: ClassStats, c: int, classes: ClassSpec, elements: int) 
     )
 
 
-def _detection_result(detection: torch.Tensor | None, threshold: float | None) -> DetectionResult | None:
-    if detection is None or threshold is None:
+def _detection_result(stats: DetectionStats | None, grid: ThresholdGrid | None) -> DetectionResult | None:
+    if stats is None or grid is None:
         return None
-    tp, fp, fn = (int(v) for v in detection.cpu().reshape(-1))
+    curve = detection_curve(stats, grid)
     return DetectionResult(
-        threshold=float(threshold),
-        true_positives=tp,
-        false_positives=fp,
-        false_negatives=fn,
-        recall=tp / (tp + fn) if tp + fn else None,
-        precision=tp / (tp + fp) if tp + fp else None,
-        f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+        threshold=grid.values[0],
+        true_positives=curve.tp[0],
+        false_positives=curve.fp[0],
+        false_negatives=curve.fn[0],
+        recall=curve.recall[0],
+        precision=curve.precision[0],
+        f1=curve.f1[0],
+    )
+
+
+def _denoising_result(stats: DetectionStats | None, grid: ThresholdGrid | None) -> DenoisingResult | None:
+    if stats is None or grid is None or stats.noise is None:
+        return None
+    curve = detection_curve(stats, grid)
+    assert curve.noise_hits is not None and curve.noise_removed is not None
+    return DenoisingResult(
+        threshold=grid.values[0],
+        signal_hits=curve.signal_hits,
+        signal_retained=curve.recall[0],
+        noise_hits=curve.noise_hits,
+        noise_removed=curve.noise_removed[0],
     )
 
 

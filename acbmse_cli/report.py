@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-    from acbmse_cli.evaluate import DetectionResult, EvalResult, SampleResult
+    from acbmse_cli.evaluate import DenoisingResult, DetectionResult, EvalComparison, EvalResult, SampleResult
+    from acbmse_cli.histograms import DetectionCurve
 
 __all__ = ["CSV_COLUMNS", "DelayedProgress", "render_csv", "render_json", "render_table", "stdout_console"]
 
@@ -56,9 +57,21 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def render_json(result: EvalResult) -> str:
-    """The JSON document of :meth:`EvalResult.to_dict`, with a final newline."""
-    return json.dumps(_json_safe(result.to_dict()), indent=2, allow_nan=False) + "\n"
+#: The precisions at which the table tells the highest recall of the curve.
+RECALL_AT_PRECISIONS = (0.5, 0.9, 0.99)
+
+
+def _reports(results: EvalResult | EvalComparison) -> tuple[EvalResult, ...]:
+    reports: tuple[EvalResult, ...] | None = getattr(results, "reports", None)
+    return (results,) if reports is None else reports  # type: ignore[return-value]
+
+
+def render_json(results: EvalResult | EvalComparison) -> str:
+    """The JSON document, with a final newline: :meth:`EvalResult.to_dict` for one prediction,
+    :meth:`EvalComparison.to_dict` for several."""
+    reports = _reports(results)
+    doc = reports[0].to_dict() if len(reports) == 1 else results.to_dict()
+    return json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n"
 
 
 def _cell(value: object) -> str:
@@ -69,65 +82,96 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def render_csv(result: EvalResult) -> str:
+def render_csv(results: EvalResult | EvalComparison) -> str:
     """A header, one row per class, and the ``overall`` row (its ``contribution`` is the ACB-MSE).
 
-    With detection counts or worst samples, each follows as its own block
-    (header and rows) after an empty line.
+    With detection counts, the detection curve, denoising figures or worst samples, each follows as
+    its own block (header and rows) after an empty line.  With several predictions every row of
+    every block starts with a ``pred`` column, the predictions one after the other in each block.
     """
+    reports = _reports(results)
+    blocks = [_csv_blocks(r) for r in reports]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for c in result.classes:
-        writer.writerow(_cell(getattr(c, column)) for column in CSV_COLUMNS)
-    writer.writerow(
-        _cell(v)
-        for v in (
-            OVERALL,
-            result.elements,
-            1.0 if result.elements else None,
-            result.mse,
-            None if result.mse is None else math.sqrt(result.mse),
-            result.mae,
-            result.max_abs_error,
-            result.mean_target,
-            result.mean_pred,
-            None,
-            result.acb_mse,
-        )
-    )
+    for b, (header, _) in enumerate(blocks[0]):
+        if b:
+            out.write("\n")
+        named = len(reports) > 1
+        writer.writerow(("pred", *header) if named else header)
+        for report, report_blocks in zip(reports, blocks, strict=True):
+            for row in report_blocks[b][1]:
+                writer.writerow((report.pred, *row) if named else row)
+    return out.getvalue()
+
+
+_Block = tuple[tuple[str, ...], list[tuple[str, ...]]]
+
+
+def _csv_blocks(result: EvalResult) -> list[_Block]:
+    """The CSV blocks of one report: each a header and its rows."""
+    blocks: list[_Block] = [(CSV_COLUMNS, _csv_class_rows(result))]
     if result.detection is not None:
         d = result.detection
-        out.write("\n")
-        writer.writerow(
-            (
-                "detect_threshold",
-                "true_positives",
-                "false_positives",
-                "false_negatives",
-                "recall",
-                "precision",
-                "f1",
-            )
+        header = ("detect_threshold", "true_positives", "false_positives", "false_negatives",
+                  "recall", "precision", "f1")  # fmt: skip
+        values = (
+            d.threshold,
+            d.true_positives,
+            d.false_positives,
+            d.false_negatives,
+            d.recall,
+            d.precision,
+            d.f1,
         )
-        writer.writerow(
+        blocks.append((header, [tuple(_cell(v) for v in values)]))
+    if result.denoising is not None:
+        n = result.denoising
+        header_n = ("detect_threshold", "signal_hits", "signal_retained", "noise_hits", "noise_removed")
+        values_n = (n.threshold, n.signal_hits, n.signal_retained, n.noise_hits, n.noise_removed)
+        blocks.append((header_n, [tuple(_cell(v) for v in values_n)]))
+    if result.detection_curve is not None:
+        blocks.append(_csv_curve_block(result.detection_curve))
+    if result.worst_samples is not None:
+        header_s = ("sample", "acb_mse", *(f"mse_{c.name}" for c in result.classes))
+        rows = [
+            (_cell(s.index), _cell(s.acb_mse), *(_cell(m) for m in s.class_mse)) for s in result.worst_samples
+        ]
+        blocks.append((header_s, rows))
+    return blocks
+
+
+def _csv_curve_block(curve: DetectionCurve) -> _Block:
+    """One row per grid threshold; the noise removed too where the network's input was given."""
+    header: tuple[str, ...] = ("threshold", "tp", "fp", "fn", "recall", "precision", "f1")
+    columns: list[Sequence[Any]] = [curve.threshold, curve.tp, curve.fp, curve.fn, curve.recall,
+                                    curve.precision, curve.f1]  # fmt: skip
+    if curve.noise_removed is not None:
+        header += ("noise_removed",)
+        columns.append(curve.noise_removed)
+    return header, [tuple(_cell(v) for v in row) for row in zip(*columns, strict=True)]
+
+
+def _csv_class_rows(result: EvalResult) -> list[tuple[str, ...]]:
+    rows = [tuple(_cell(getattr(c, column)) for column in CSV_COLUMNS) for c in result.classes]
+    rows.append(
+        tuple(
             _cell(v)
             for v in (
-                d.threshold,
-                d.true_positives,
-                d.false_positives,
-                d.false_negatives,
-                d.recall,
-                d.precision,
-                d.f1,
+                OVERALL,
+                result.elements,
+                1.0 if result.elements else None,
+                result.mse,
+                None if result.mse is None else math.sqrt(result.mse),
+                result.mae,
+                result.max_abs_error,
+                result.mean_target,
+                result.mean_pred,
+                None,
+                result.acb_mse,
             )
         )
-    if result.worst_samples is not None:
-        out.write("\n")
-        writer.writerow(("sample", "acb_mse", *(f"mse_{c.name}" for c in result.classes)))
-        for s in result.worst_samples:
-            writer.writerow((_cell(s.index), _cell(s.acb_mse), *(_cell(m) for m in s.class_mse)))
-    return out.getvalue()
+    )
+    return rows
 
 
 def _num(value: float | None) -> str:
@@ -364,7 +408,78 @@ def _summary(result: EvalResult, width: int) -> Text:
     return Text(_pack(totals, width, sep="   "))
 
 
-def render_table(result: EvalResult, console: Console) -> None:
+def _curve_grid(curve: DetectionCurve) -> _Grid:
+    best = curve.best_f1() or {}
+    headers = ["AP", "best F1", "at threshold", "recall", "precision"]
+    cells = [_num(curve.average_precision), _num(best.get("f1")), _num(best.get("threshold")),
+             _num(best.get("recall")), _num(best.get("precision"))]  # fmt: skip
+    for p in RECALL_AT_PRECISIONS:
+        headers.append(f"recall at precision ≥ {p:g}")
+        cells.append(_num(curve.recall_at_precision(p)))
+    columns = tuple(_Column(tuple(h.split()), (c,)) for h, c in zip(headers, cells, strict=True))
+    grid = curve.threshold
+    return _Grid(f"hit finding at {len(grid)} thresholds, {grid[0]:g} to {grid[-1]:g}", columns)
+
+
+def _denoising_grid(d: DenoisingResult) -> _Grid:
+    headers = ("signal hits", "signal retained", "noise hits", "noise removed")
+    cells = (f"{d.signal_hits:,}", _share(d.signal_retained), f"{d.noise_hits:,}", _share(d.noise_removed))
+    columns = tuple(_Column(tuple(h.split()), (c,)) for h, c in zip(headers, cells, strict=True))
+    return _Grid(f"denoising: prediction > {d.threshold:g}", columns)
+
+
+def _comparison_grid(reports: Sequence[EvalResult]) -> _Grid:
+    """A row per prediction: ACB-MSE, MSE, each class's MSE, and the detection figures asked for."""
+    first = reports[0]
+    columns = [
+        _Column(("prediction",), tuple(r.pred for r in reports), "left"),
+        _Column(("ACB-MSE",), tuple(_num(r.acb_mse) for r in reports)),
+        _Column(("MSE",), tuple(_num(r.mse) for r in reports)),
+        *(
+            _Column(("MSE", c.name), tuple(_num(r.classes[i].mse) for r in reports))
+            for i, c in enumerate(first.classes)
+        ),
+        *_detection_columns(reports),
+    ]
+    return _Grid(f"{len(reports)} predictions vs {first.target}", tuple(columns), keys=1)
+
+
+def _detection_columns(reports: Sequence[EvalResult]) -> list[_Column]:
+    """The comparison's columns of hit finding: at the threshold, noise removed, over the curve."""
+    first, columns = reports[0], []
+    if first.detection is not None:
+        at = f"at {first.detection.threshold:g}"
+        for name, header in (("recall", "recall"), ("precision", "precision"), ("f1", "F1")):
+            cells = tuple(_num(getattr(r.detection, name, None)) for r in reports)
+            columns.append(_Column((header, at), cells))
+    if first.denoising is not None:
+        cells = tuple(_share(getattr(r.denoising, "noise_removed", None)) for r in reports)
+        columns.append(_Column(("noise", "removed"), cells))
+    if first.detection_curve is not None:
+        columns += _curve_columns(reports)
+    return columns
+
+
+def _curve_columns(reports: Sequence[EvalResult]) -> list[_Column]:
+    curves = [r.detection_curve for r in reports]
+    best = [{} if c is None else (c.best_f1() or {}) for c in curves]
+    return [
+        _Column(("AP",), tuple(_num(getattr(c, "average_precision", None)) for c in curves)),
+        _Column(("best", "F1"), tuple(_num(b.get("f1")) for b in best)),
+        _Column(("at", "threshold"), tuple(_num(b.get("threshold")) for b in best)),
+    ]
+
+
+def render_table(results: EvalResult | EvalComparison, console: Console) -> None:
+    """The human report of each prediction, then (for several) one comparison table, a row each."""
+    reports = _reports(results)
+    for result in reports:
+        _render_one(result, console)
+    if len(reports) > 1:
+        _print_grid(_comparison_grid(reports), console)
+
+
+def _render_one(result: EvalResult, console: Console) -> None:
     """The human report: a row per class, the overall row and totals; detection and worst samples.
 
     Where the console is too narrow for a row per class, the statistics are the rows and the classes
@@ -377,6 +492,10 @@ def render_table(result: EvalResult, console: Console) -> None:
     console.print(_summary(result, console.width))
     if result.detection is not None:
         _print_grid(_detection_grid(result.detection), console)
+    if result.denoising is not None:
+        _print_grid(_denoising_grid(result.denoising), console)
+    if result.detection_curve is not None:
+        _print_grid(_curve_grid(result.detection_curve), console)
     if result.worst_samples is not None:
         _print_grid(_worst_grid(result, result.worst_samples), console)
 
@@ -479,52 +598,110 @@ def _sweep_table(sweep: Sweep, title: str) -> Table:
     return table
 
 
-def _demo_cell(value: float | int | None, digits: int = 3) -> str:
+def _demo_cell(value: object, digits: int = 3) -> str:
     if value is None:
         return "n/a"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}f}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
 
 
-def demo_metrics_table(result: DemoResult) -> Table:
-    """A rich table, one row per trained loss, of the demo's held-out metrics."""
+def _demo_title(result: DemoResult) -> str:
+    opts = result.options
+    return (
+        f"{opts.eval_frames} held-out frames of {opts.height}x{opts.width} after {opts.steps} steps "
+        f"of {opts.batch_size} frames (seed {opts.seed}, {result.device})"
+    )
+
+
+def _demo_table(
+    title: str, caption: str | None, headers: Sequence[str], rows: Sequence[Sequence[str]]
+) -> Table:
+    """A table with a row per loss: the loss's label, then right-aligned numbers."""
     from rich.table import Table
 
-    from acbmse_cli._loss_names import LOSS_LABELS
-
-    opts = result.options
-    table = Table(
-        title=(
-            f"{opts.eval_frames} held-out frames of {opts.height}x{opts.width} after {opts.steps} steps "
-            f"of {opts.batch_size} frames (seed {opts.seed}, {result.device})"
-        ),
-        caption=(
-            f"hit detected where output > {result.detect_threshold:g}; blank frame: none detected; "
-            f"A={opts.hit_weight:g}, B={opts.nonhit_weight:g}"
-        ),
-    )
-    table.add_column("loss")
-    for column in ("recall", "precision", "F1", "blank\nframes", "MSE\nhits", "MSE\nnon-hits", "ACB-MSE"):
-        table.add_column(column, justify="right")
-    for name, run in result.runs.items():
-        m = run.metrics
-        table.add_row(
-            LOSS_LABELS[name],
-            _demo_cell(m["recall"]),
-            _demo_cell(m["precision"]),
-            _demo_cell(m["f1"]),
-            f"{m['blank_frames']}/{m['frames']}",
-            _demo_cell(m["mse_hit"], 1),
-            _demo_cell(m["mse_nonhit"], 2),
-            _demo_cell(m["acb_mse"], 1),
-        )
+    table = Table(title=title, caption=caption)
+    table.add_column(headers[0])
+    for header in headers[1:]:
+        table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
+_DemoMetrics = dict[str, dict[str, Any]]  # {loss label: that loss's metrics}
+
+
+def _fixed_threshold_rows(metrics: _DemoMetrics) -> list[list[str]]:
+    return [
+        [label, _demo_cell(m["recall"]), _demo_cell(m["precision"]), _demo_cell(m["f1"]),
+         _demo_cell(m["noise_removed"]), f"{m['blank_frames']}/{m['frames']}"]
+        for label, m in metrics.items()
+    ]  # fmt: skip
+
+
+def _curve_rows(metrics: _DemoMetrics) -> list[list[str]]:
+    rows = []
+    for label, m in metrics.items():
+        best = m["best_f1"] or {}
+        rows.append([label, _demo_cell(m["average_precision"]), _demo_cell(best.get("f1")),
+                     _demo_cell(best.get("threshold"), 1), _demo_cell(best.get("recall")),
+                     _demo_cell(best.get("precision"))])  # fmt: skip
+    return rows
+
+
+def _error_rows(metrics: _DemoMetrics) -> list[list[str]]:
+    return [
+        [label, _demo_cell(m["mse_hit"], 1), _demo_cell(m["mse_nonhit"], 2), _demo_cell(m["acb_mse"], 1)]
+        for label, m in metrics.items()
+    ]
+
+
+def demo_metrics_table(result: DemoResult) -> list[Table]:
+    """Rich tables of the demo's held-out metrics, a row per trained loss, each within 80 columns: hit
+    finding at the detection threshold, hit finding over every threshold, the error per class."""
+    from acbmse_cli._loss_names import LOSS_LABELS
+
+    opts, at = result.options, f"{result.detect_threshold:g}"
+    metrics = {LOSS_LABELS[name]: run.metrics for name, run in result.runs.items()}
+    first = next(iter(metrics.values()))  # the held-out set is the same for every loss
+    signal, noise = (_demo_count(first[key]) for key in ("signal_hits", "noise_hits"))
+    grid = result.grid.values
+    return [
+        _demo_table(
+            f"hit finding at output > {at}",
+            f"recall: the signal retained, of {signal} true hits\n"
+            f"noise removed: of the input's {noise} noise hits\n"
+            f"blank frame: no output above {at}",
+            ["loss", "recall", "precision", "F1", "noise\nremoved", "blank\nframes"],
+            _fixed_threshold_rows(metrics),
+        ),
+        _demo_table(
+            f"hit finding over {len(grid)} thresholds, {grid[0]:g} to {grid[-1]:.4g}",
+            "AP: average precision over the thresholds\n"
+            "best F1: the highest, at the threshold shown;\nrecall and precision: at that threshold",
+            ["loss", "AP", "best\nF1", "at\noutput >", "recall", "precision"],
+            _curve_rows(metrics),
+        ),
+        _demo_table(
+            f"error per class; ACB-MSE with A={opts.hit_weight:g}, B={opts.nonhit_weight:g}",
+            None,
+            ["loss", "MSE\nhits", "MSE\nnon-hits", "ACB-MSE"],
+            _error_rows(metrics),
+        ),
+    ]
+
+
+def _demo_count(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else "no"
+
+
 def render_demo_table(result: DemoResult, console: Console) -> None:
-    """Print :func:`demo_metrics_table` of ``result``."""
-    console.print(demo_metrics_table(result))
+    """Print what the run was, then the tables of :func:`demo_metrics_table` of ``result``."""
+    console.print(_demo_title(result), highlight=False)
+    for table in demo_metrics_table(result):
+        console.print()
+        console.print(table)
 
 
 class TrainingProgress:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -39,8 +39,50 @@ _SUM: dict[str, Merge] = {"merge": "sum"}
 _MAX: dict[str, Merge] = {"merge": "max"}
 
 
+class Summable:
+    """Statistics whose fields each declare how two parts of the data merge (``sum`` or ``max``).
+
+    A subclass is a frozen dataclass of tensor fields (``None`` for a field not filled), each
+    with ``metadata=SUM`` or ``metadata=MAX``; adding two parts, moving them, and merging the
+    ranks of a process group all read that declaration.
+    """
+
+    def _map(self, fn: Any) -> Any:
+        """A copy with ``fn(name, value)`` in every field that is filled."""
+        values: dict[str, Any] = {
+            f.name: (None if (v := getattr(self, f.name)) is None else fn(f.name, v))
+            for f in fields(self)  # type: ignore[arg-type]
+        }
+        return type(self)(**values)
+
+    @classmethod
+    def merge_of(cls, name: str) -> Merge:
+        """How field ``name`` merges."""
+        merge: Merge = next(f for f in fields(cls) if f.name == name).metadata["merge"]  # type: ignore[arg-type]
+        return merge
+
+    def __add__(self, other: Any) -> Any:
+        def merge(name: str, a: Tensor) -> Tensor | None:
+            b = getattr(other, name)
+            if b is None:
+                return None
+            return torch.maximum(a, b) if self.merge_of(name) == "max" else a + b
+
+        return self._map(merge)
+
+    def to(self, device: torch.device | str) -> Any:
+        """The same statistics on another device."""
+        return self._map(lambda _name, v: v.to(device))
+
+    def all_reduce(self) -> Any:
+        """The statistics of all ranks of the process group merged, on every rank."""
+        from acbmse_cli._distributed import all_reduce
+
+        return self._map(lambda name, v: all_reduce(v, self.merge_of(name)))
+
+
 @dataclass(frozen=True)
-class ClassStats:
+class ClassStats(Summable):
     """Per-class sufficient statistics of an error ``input - target``.
 
     Every field is a tensor of shape ``(S, K)``: ``S`` groups (1 when classes
@@ -60,41 +102,22 @@ class ClassStats:
     sum_target: Tensor | None = field(default=None, metadata=_SUM)
     sum_input: Tensor | None = field(default=None, metadata=_SUM)
 
-    def _map(self, fn: Any) -> ClassStats:
-        """A copy with ``fn(name, value)`` in every field that is filled."""
-        values: dict[str, Any] = {
-            f.name: (None if (v := getattr(self, f.name)) is None else fn(f.name, v)) for f in fields(self)
-        }
-        return ClassStats(**values)
+    if TYPE_CHECKING:
 
-    def __add__(self, other: ClassStats) -> ClassStats:
-        def merge(name: str, a: Tensor) -> Tensor | None:
-            b = getattr(other, name)
-            if b is None:
-                return None
-            return torch.maximum(a, b) if _MERGE[name] == "max" else a + b
-
-        return self._map(merge)
-
-    def to(self, device: torch.device | str) -> ClassStats:
-        """The same statistics on another device."""
-        return self._map(lambda _name, v: v.to(device))
+        def __add__(self, other: ClassStats) -> ClassStats: ...
+        def to(self, device: torch.device | str) -> ClassStats: ...
+        def all_reduce(self) -> ClassStats: ...
+        def _map(self, fn: Any) -> ClassStats: ...
 
     def pooled(self) -> ClassStats:
         """Pool the groups (dim 0) into one: shape ``(1, K)``."""
 
         def pool(name: str, v: Tensor) -> Tensor:
-            if _MERGE[name] == "max":
+            if self.merge_of(name) == "max":
                 return v.amax(dim=0, keepdim=True) if v.shape[0] else v.new_zeros(1, v.shape[1])
             return v.sum(dim=0, keepdim=True)
 
         return self._map(pool)
-
-    def all_reduce(self) -> ClassStats:
-        """The statistics of all ranks of the process group merged, on every rank."""
-        from acbmse_cli._distributed import all_reduce
-
-        return self._map(lambda name, v: all_reduce(v, _MERGE[name]))
 
     def select(self, classes: slice) -> ClassStats:
         """The statistics of some classes only (a slice of dim 1)."""
@@ -122,9 +145,6 @@ class ClassStats:
             if f.name != "count"
         }
         return cls(count=torch.zeros(groups, num_classes, dtype=torch.int64, device=device), **sums)
-
-
-_MERGE: dict[str, Merge] = {f.name: f.metadata["merge"] for f in fields(ClassStats)}
 
 
 # --------------------------------------------------------------------------- dtypes and thresholds
@@ -484,7 +504,7 @@ def _stats_by_masks(x: Tensor, y: Tensor, member: Membership) -> ClassStats:
     fields_of = {"sse": diff * diff, "sae": err, "max_abs_error": err, "sum_target": y, "sum_input": x}
     return ClassStats(
         count=torch.stack([count_members(m) for m in masks], dim=1),
-        **{name: per_class(values, _MERGE[name]) for name, values in fields_of.items()},
+        **{name: per_class(values, ClassStats.merge_of(name)) for name, values in fields_of.items()},
     )
 
 

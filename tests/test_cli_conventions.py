@@ -58,7 +58,7 @@ def test_help_shows_no_value_placeholder_for_flags(command: str) -> None:
 
 def test_eval_usage_names_its_arguments_and_groups_its_options() -> None:
     out = acbmse("eval", "--help").stdout
-    assert "acbmse eval [OPTIONS] PRED TARGET" in out
+    assert "acbmse eval [OPTIONS] PRED... TARGET" in out
     assert "{" not in out.split("\n\n")[1]  # the usage line
     for panel in ("Input", "Classes", "Detection", "Output", "Execution"):
         assert f"─ {panel} " in out, panel

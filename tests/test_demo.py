@@ -5,6 +5,8 @@ Training results (which loss wins) are not asserted: runs here are a few steps o
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rich.cells import cell_len
 from tables import assert_fixed, parse_tables
 
 from acbmse_cli import demo as demo_lib
@@ -58,6 +61,12 @@ METRIC_KEYS = {
     "mse_nonhit",
     "mse",
     "acb_mse",
+    "average_precision",
+    "best_f1",
+    "signal_hits",
+    "signal_retained",
+    "noise_hits",
+    "noise_removed",
     "final_train_loss",
 }
 
@@ -95,9 +104,67 @@ def reference_metrics(pred: np.ndarray, target: np.ndarray, threshold: float, a:
     }
 
 
+def reference_grid(target: np.ndarray) -> np.ndarray:
+    """The demo's grid: 201 evenly spaced thresholds from 0 to the target's largest hit value,
+    rounded up to the next of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 times a power of ten."""
+    hits = target[np.abs(target) > 0].astype(np.float64)
+    largest = hits.max() if hits.size else 1.0
+    power = 10.0 ** np.floor(np.log10(largest))
+    stop = min(
+        m * power for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10) if m * power >= largest * (1 - 1e-15)
+    )
+    return np.linspace(0.0, stop, 201)
+
+
+def reference_detection(
+    pred: np.ndarray, target: np.ndarray, noisy: np.ndarray, grid: np.ndarray, threshold: float = 10.0
+) -> dict:
+    """Hit finding over ``grid`` and denoising at ``threshold``, written out in numpy float64."""
+    pred, target, noisy = (a.astype(np.float64).ravel() for a in (pred, target, noisy))
+    truth = np.abs(target) > 0
+    noise = (np.abs(noisy) > 0) & ~truth
+    detected = pred[None, :] > grid[:, None]  # (thresholds, elements)
+    tp = (detected & truth).sum(axis=1)
+    fp = (detected & ~truth).sum(axis=1)
+    fn = truth.sum() - tp
+    recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), np.nan)
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), np.nan)
+    f1_den = 2 * tp + fp + fn
+    f1 = np.where(f1_den > 0, 2 * tp / np.maximum(f1_den, 1), np.nan)
+    ap, previous = 0.0, 0.0
+    for r, p in zip(recall[::-1], precision[::-1], strict=True):  # thresholds decreasing
+        if r > previous:
+            ap += (r - previous) * p
+        previous = r
+    best = None
+    if not np.isnan(f1).all():
+        k = int(np.flatnonzero(f1 == np.nanmax(f1))[0])  # ties: the lowest threshold
+        best = {
+            "threshold": grid[k], "f1": f1[k], "recall": recall[k],
+            "precision": None if np.isnan(precision[k]) else precision[k],
+        }  # fmt: skip
+    return {
+        "average_precision": ap if truth.any() else None,
+        "best_f1": best,
+        "signal_hits": int(truth.sum()),
+        "signal_retained": (pred[truth] > threshold).mean() if truth.any() else None,
+        "noise_hits": int(noise.sum()),
+        "noise_removed": (pred[noise] <= threshold).mean() if noise.any() else None,
+        "tp": tp, "fp": fp, "fn": fn, "f1": f1,
+    }  # fmt: skip
+
+
+CURVE_KEYS = ("average_precision", "best_f1", "signal_hits", "signal_retained", "noise_hits", "noise_removed")
+
+
 def assert_metrics_equal(got: dict, want: dict) -> None:
     for key, value in want.items():
-        if value is None or isinstance(value, int):
+        if isinstance(value, np.ndarray):
+            continue  # the curve's counts: compared where the curve itself is at hand
+        if isinstance(value, dict):
+            assert isinstance(got[key], dict) and set(got[key]) == set(value), key
+            assert_metrics_equal(got[key], value)
+        elif value is None or isinstance(value, int):
             assert got[key] == value, key
         else:
             assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
@@ -142,6 +209,52 @@ def test_a_diverged_output_reports_none_not_nan():
     json.dumps(got, allow_nan=False)
 
 
+def test_detection_metrics_by_hand():
+    target = np.array([50.0, 50.0, 0.0, 0.0], np.float32).reshape(1, 1, 2, 2)
+    noisy = np.array([50.0, 50.0, 30.0, 0.0], np.float32).reshape(target.shape)
+    pred = np.array([60.0, 20.0, 40.0, 0.0], np.float32).reshape(target.shape)
+    got, curve = demo_lib.heldout_scores(pred, target, DemoOptions(height=8, width=8), noisy=noisy)
+    # Thresholds from 0 to 50, decreasing: {60} (R 1/2, P 1), {60, 40} (R 1/2), {60, 40, 20} (R 1, P 2/3).
+    assert curve.threshold[0] == 0.0 and curve.threshold[-1] == 50.0 and len(curve.threshold) == 201
+    assert got["average_precision"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3, rel=1e-12)
+    # F1 is 4/5 for every threshold below 20: the lowest, 0, is the one reported.
+    assert got["best_f1"] == {"threshold": 0.0, "f1": 0.8, "recall": 1.0, "precision": pytest.approx(2 / 3)}
+    assert (got["signal_hits"], got["signal_retained"]) == (2, 1.0)
+    assert (got["noise_hits"], got["noise_removed"]) == (1, 0.0)  # the noise hit's output 40 is above 10
+
+
+def test_detection_metrics_match_a_numpy_reference():
+    rng = np.random.default_rng(11)
+    shape = (8, 1, 16, 16)
+    target = np.where(rng.random(shape) < 0.1, rng.uniform(20, 100, shape), 0.0).astype(np.float32)
+    noise = (target == 0) & (rng.random(shape) < 0.05)
+    noisy = np.where(noise, rng.uniform(20, 100, shape), target).astype(np.float32)
+    # Outputs on a coarse lattice, so that runs of grid thresholds share their counts (ties in F1).
+    pred = np.round((0.3 * target + 0.2 * noisy + rng.normal(0, 8, shape)) / 5) * 5
+    pred = pred.astype(np.float32)
+    got, curve = demo_lib.heldout_scores(pred, target, DemoOptions(height=16, width=16), noisy=noisy)
+    grid = reference_grid(target)
+    want = reference_detection(pred, target, noisy, grid)
+    np.testing.assert_allclose(curve.threshold, grid, rtol=1e-12, atol=0)
+    for key in ("tp", "fp", "fn"):
+        np.testing.assert_array_equal(getattr(curve, key), want[key], err_msg=key)
+    best = np.nanmax(want["f1"])
+    assert (want["f1"] == best).sum() > 1  # the best F1 is a tie, which the lowest threshold wins
+    assert 0 < want["noise_removed"] < 1 and 0 < want["signal_retained"] < 1
+    assert_metrics_equal(got, {k: want[k] for k in CURVE_KEYS})
+    alone = heldout_metrics(pred, target, DemoOptions(height=16, width=16), noisy=noisy)
+    assert_metrics_equal(alone, {k: want[k] for k in CURVE_KEYS})
+
+
+def test_detection_metrics_without_hits_or_input_are_none():
+    target = np.zeros((2, 1, 8, 8), np.float32)
+    got = heldout_metrics(np.zeros_like(target), target, DemoOptions(height=8, width=8))
+    assert got["average_precision"] is None and got["best_f1"] is None
+    assert got["signal_hits"] == 0 and got["signal_retained"] is None
+    assert got["noise_hits"] is None and got["noise_removed"] is None  # the input was not given
+    json.dumps(got, allow_nan=False)
+
+
 def test_the_detection_threshold_is_half_the_smallest_hit_value():
     options = DemoOptions()
     assert options.detect_threshold == options.data_config().tof_min / 2 == 10.0
@@ -169,6 +282,14 @@ def test_run_returns_one_run_per_loss_with_consistent_data(tiny_result):
         want = reference_metrics(run.predictions, result.heldout.target, 10.0, 1.0, 1.0)
         assert_metrics_equal(run.metrics, want)
         assert run.metrics["final_train_loss"] == run.curve[-1]
+        grid = reference_grid(result.heldout.target)
+        detection = reference_detection(run.predictions, result.heldout.target, result.heldout.input, grid)
+        assert_metrics_equal(run.metrics, detection)
+        np.testing.assert_array_equal(run.detection.tp, detection["tp"])
+        np.testing.assert_array_equal(run.detection.fp, detection["fp"])
+        assert run.metrics["signal_retained"] == run.metrics["recall"]
+    np.testing.assert_allclose(result.grid.values, grid, rtol=1e-12, atol=0)
+    assert result.run_record()["thresholds"] == result.grid.describe()
     # Progress: one call per loss and step, reporting the curve's values.
     assert len(calls) == 3 * len(LOSS_NAMES)
     for name in LOSS_NAMES:
@@ -223,6 +344,35 @@ def test_global_random_state_and_thread_count_are_restored():
 def test_default_threads_is_half_the_cpus_from_1_to_4(monkeypatch, cpus, threads):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
     assert demo_lib.default_threads() == threads
+
+
+def test_figure_has_a_precision_recall_panel_in_the_loss_colours(tiny_result):
+    from acbmse_cli._loss_names import LOSS_COLORS
+
+    result, _ = tiny_result
+    fig = demo_lib._draw_figure(result)
+    (pr,) = [ax for ax in fig.axes if ax.get_xlabel().startswith("recall")]
+    assert pr.get_ylabel().startswith("precision")
+    legend = [t.get_text() for t in pr.get_legend().get_texts()]
+    colours = {
+        line.get_label(): line.get_color() for line in pr.get_lines() if not line.get_label().startswith("_")
+    }
+    for name, run in result.runs.items():
+        ap = run.metrics["average_precision"]
+        label = f"{demo_lib.LOSS_LABELS[name]}  AP {ap:.3f}"
+        assert label in legend and colours[label] == LOSS_COLORS[name]
+        best = run.metrics["best_f1"]
+        stars = [
+            line for line in pr.get_lines()
+            if line.get_marker() == "*" and line.get_color() == LOSS_COLORS[name]
+        ]  # fmt: skip
+        if best is not None and best["precision"] is not None:
+            assert len(stars) == 1
+            assert stars[0].get_xydata().tolist() == [[best["recall"], best["precision"]]]
+    (training,) = [ax for ax in fig.axes if ax.get_xlabel() == "training step"]
+    drawn = {line.get_label(): line.get_color() for line in training.get_lines()}
+    assert {drawn[demo_lib.LOSS_LABELS[n]] for n in result.runs} == {LOSS_COLORS[n] for n in result.runs}
+    assert all(drawn[demo_lib.LOSS_LABELS[n]] == LOSS_COLORS[n] for n in result.runs)
 
 
 def test_save_data_and_figure(tiny_result, tmp_path):
@@ -280,15 +430,20 @@ def test_json_output_shape_and_nothing_else(capsys):
     for metrics in data.values():
         assert set(metrics) == METRIC_KEYS
         assert {"recall", "precision", "f1", "blank_fraction"} <= set(metrics)
+        best = metrics.pop("best_f1")
+        assert best is None or set(best) == {"threshold", "f1", "recall", "precision"}
         assert all(v is None or isinstance(v, (int, float)) for v in metrics.values())
         assert 0.0 <= metrics["blank_fraction"] <= 1.0
 
 
 def saved_reference(data: Path, name: str, a: float = 1.0, b: float = 1.0) -> dict:
-    """The reference metrics of the held-out set that ``--save-data`` wrote, for the model of ``name``."""
+    """The reference metrics of the held-out set that ``--save-data`` wrote, for the model of ``name``:
+    those at the detection threshold, and those over the grid with the input's noise hits."""
     pred = np.load(data / f"pred_{name}.npy", allow_pickle=False)
     target = np.load(data / "target.npy", allow_pickle=False)
-    return reference_metrics(pred, target, 10.0, a, b)
+    noisy = np.load(data / "input.npy", allow_pickle=False)
+    detection = reference_detection(pred, target, noisy, reference_grid(target))
+    return {**reference_metrics(pred, target, 10.0, a, b), **{k: detection[k] for k in CURVE_KEYS}}
 
 
 def test_losses_subset_in_the_order_given(capsys, tmp_path):
@@ -304,30 +459,75 @@ def test_losses_subset_in_the_order_given(capsys, tmp_path):
         assert_metrics_equal(metrics, saved_reference(tmp_path, name, a=3.0))
 
 
+def assert_demo_tables(out: str, data: Path, names: tuple[str, ...]) -> None:
+    """The three demo tables in ``out`` hold the reference metrics of the ``--save-data`` files."""
+    fixed, curve, errors = parse_tables(out)
+    assert fixed.title == "hit finding at output > 10"
+    assert fixed.headers == ["loss", "recall", "precision", "F1", "noise removed", "blank frames"]
+    assert curve.title.startswith("hit finding over 201 thresholds, 0 to ")
+    assert curve.headers == ["loss", "AP", "best F1", "at output >", "recall", "precision"]
+    assert errors.headers == ["loss", "MSE hits", "MSE non-hits", "ACB-MSE"]
+    labels = [demo_lib.LOSS_LABELS[name] for name in names]
+    for name, label in zip(names, labels, strict=True):
+        want = saved_reference(data, name)
+        row = fixed.row(label)
+        for cell, key in zip(row[1:5], ("recall", "precision", "f1", "noise_removed"), strict=True):
+            assert_fixed(cell, want[key], 3)
+        assert row[5] == f"{want['blank_frames']}/{want['frames']}"
+        row, best = curve.row(label), want["best_f1"]
+        assert_fixed(row[1], want["average_precision"], 3)
+        for cell, key, digits in zip(
+            row[2:], ("f1", "threshold", "recall", "precision"), (3, 1, 3, 3), strict=True
+        ):
+            assert_fixed(cell, best[key], digits)
+        row = errors.row(label)
+        assert_fixed(row[1], want["mse_hit"], 1)
+        assert_fixed(row[2], want["mse_nonhit"], 2)
+        assert_fixed(row[3], want["acb_mse"], 1)
+    for table in (fixed, curve, errors):
+        assert [r[0] for r in table.rows] == labels
+
+
 def test_table_output(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("COLUMNS", "120")
     code, out, err = run_cli(capsys, *TINY_CLI, "--losses", "mse,acb_mse", "--save-data", str(tmp_path))
     assert code == 0
-    # stderr names the files written; stdout holds the table only
+    # stderr names the files written; stdout holds the tables only
     assert err.splitlines() == [
         f"Wrote {tmp_path / n}.npy" for n in ("input", "target", "pred_mse", "pred_acb_mse")
     ]
-    assert "recall" in out and "precision" in out and "ACB-MSE" in out and "MSE" in out
+    assert out.startswith("5 held-out frames of 16x24 after 3 steps of 2 frames (seed 0, cpu)\n")
     assert "MAE" not in out  # not asked for
-    assert "output > 10" in out
-    (table,) = parse_tables(out)
-    assert table.headers == [
-        "loss", "recall", "precision", "F1", "blank frames", "MSE hits", "MSE non-hits", "ACB-MSE",
-    ]  # fmt: skip
-    assert [r[0] for r in table.rows] == ["MSE", "ACB-MSE"]
-    for row, name in zip(table.rows, ("mse", "acb_mse"), strict=True):
-        want = saved_reference(tmp_path, name)
-        for cell, key in zip(row[1:4], ("recall", "precision", "f1"), strict=True):
-            assert_fixed(cell, want[key], 3)
-        assert row[4] == f"{want['blank_frames']}/{want['frames']}"
-        assert_fixed(row[5], want["mse_hit"], 1)
-        assert_fixed(row[6], want["mse_nonhit"], 2)
-        assert_fixed(row[7], want["acb_mse"], 1)
+    assert_demo_tables(out, tmp_path, ("mse", "acb_mse"))
+    noise_hits = saved_reference(tmp_path, "mse")["noise_hits"]
+    assert f"of the input's {noise_hits:,} noise hits" in out
+
+
+def _render_demo(result, width: int) -> str:
+    from rich.console import Console
+
+    from acbmse_cli.report import render_demo_table
+
+    out = io.StringIO()
+    render_demo_table(result, Console(file=out, width=width, color_system=None))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_tables_fit_the_terminal_whole(tiny_result, width):
+    result, _ = tiny_result
+    # The widest numbers a run prints: errors of a diverging model, weighted by a large A.
+    wide = dataclasses.replace(result, runs={
+        name: dataclasses.replace(run, metrics={**run.metrics, "mse_hit": 123456.7, "mse_nonhit": 98765.43,
+                                                "acb_mse": 123456789.1})
+        for name, run in result.runs.items()
+    })  # fmt: skip
+    for shown in (result, wide):
+        text = _render_demo(shown, width)
+        assert "…" not in text
+        assert max(cell_len(line) for line in text.splitlines()) <= width
+        assert len(parse_tables(text)) == 3
+    assert "123456789.1" in _render_demo(wide, 80)
 
 
 def test_progress_bars_on_a_terminal_stderr_and_quiet(capsys, monkeypatch):
@@ -356,15 +556,25 @@ def test_save_data_files_are_readable_by_numpy_and_by_eval(capsys, tmp_path):
         assert pred.shape == y.shape
         assert_metrics_equal(metrics[name], reference_metrics(pred, y, 10.0, 1.0, 1.0))
     assert (fig / "demo.png").read_bytes()[:4] == b"\x89PNG"
-    # `acbmse eval` reads the pair and reports the same per-class errors.
+    # `acbmse eval` reads the pair and reports the same per-class errors, and on its default grid the
+    # same hit finding and denoising.
     with pytest.raises(SystemExit) as exit_info:
-        main(["eval", str(data / "pred_acb_mse.npy"), str(data / "target.npy"), "--format", "json"])
+        main(["eval", str(data / "pred_acb_mse.npy"), str(data / "target.npy"), "--format", "json",
+              "--detect-curve", "--input", str(data / "input.npy"), "--detect-threshold", "10"])  # fmt: skip
     assert exit_info.value.code == 0
     report = json.loads(capsys.readouterr().out)
     by_name = {c["name"]: c for c in report["classes"]}
-    assert by_name["hit"]["mse"] == pytest.approx(metrics["acb_mse"]["mse_hit"], rel=1e-9)
-    assert by_name["non-hit"]["mse"] == pytest.approx(metrics["acb_mse"]["mse_nonhit"], rel=1e-9)
-    assert report["acb_mse"] == pytest.approx(metrics["acb_mse"]["acb_mse"], rel=1e-9)
+    mine = metrics["acb_mse"]
+    assert by_name["hit"]["mse"] == pytest.approx(mine["mse_hit"], rel=1e-9)
+    assert by_name["non-hit"]["mse"] == pytest.approx(mine["mse_nonhit"], rel=1e-9)
+    assert report["acb_mse"] == pytest.approx(mine["acb_mse"], rel=1e-9)
+    assert report["run"]["thresholds"] == metrics["run"]["thresholds"]
+    assert report["detection_curve"]["average_precision"] == mine["average_precision"]
+    assert report["detection_curve"]["best_f1"] == mine["best_f1"]
+    denoising = report["denoising"]
+    assert {k: denoising[k] for k in ("signal_hits", "signal_retained", "noise_hits", "noise_removed")} == {
+        k: mine[k] for k in ("signal_hits", "signal_retained", "noise_hits", "noise_removed")
+    }
 
 
 @pytest.mark.parametrize(

@@ -101,3 +101,32 @@ def test_torchrun_eval_with_labels_and_an_error(
     done = torchrun(args, tmp_path)
     assert done.returncode != 0 and done.stdout == ""
     assert done.stderr.count("acbmse: error: l.npy: label 7 at index (8, 5) is outside 0..2") == 1
+
+
+def test_torchrun_curve_denoising_and_several_predictions_equal_one_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(2)
+    # the largest hit on the second rank's share: the default grid needs both ranks' ranges
+    target = np.where(rng.random((21, 5, 6)) < 0.1, rng.uniform(20, 60, (21, 5, 6)), 0.0).astype(np.float32)
+    target[19, 1, 1] = 97.0
+    noisy = np.where((target == 0) & (rng.random(target.shape) < 0.05), 40.0, target).astype(np.float32)
+    np.save(tmp_path / "t.npy", target)
+    np.save(tmp_path / "n.npy", noisy)
+    for name, scale in (("a", 1.0), ("b", 0.6)):
+        np.save(
+            tmp_path / f"{name}.npy", (scale * target + rng.normal(0, 5, target.shape)).astype(np.float32)
+        )
+    args = ["a.npy", "b.npy", "t.npy", "--detect-curve", "--detect-threshold", "15", "--input", "n.npy",
+            "--format", "json", "--chunk-elements", "45", "--device", "cpu"]  # fmt: skip
+    done = torchrun(args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    distributed = json.loads(done.stdout)
+    monkeypatch.chdir(tmp_path)
+    alone = json.loads(single(args, capsys))
+    assert [r["pred"] for r in distributed["reports"]] == ["a.npy", "b.npy"]
+    for d, a in zip(distributed["reports"], alone["reports"], strict=True):
+        assert d["detection_curve"]["threshold"][-1] == 100.0  # 97, rounded up
+        for key in ("detection", "denoising", "detection_curve", "denoising_curve"):
+            assert d[key] == a[key], key  # integer counts and ratios of them: exact
+        assert_close(d, a, rel=1e-9)
