@@ -294,6 +294,10 @@ def eval_command(
     *preds, target = files
     given = _given_options(ctx)
     figures = None if plot is None else OutputDir(plot, option="--plot")
+    if figures is not None:
+        from acbmse_cli.eval_plots import check_figure_destinations
+
+        check_figure_destinations(figures, image_format)
     rank, _ = init_distributed()
     try:
         with _errors_said_by_rank_zero(rank):

@@ -48,7 +48,7 @@ import numpy as np
 
 from acbmse_cli._checks import as_input_error, check_choice
 from acbmse_cli._figures import IMAGE_FORMATS, figure_settings, image_writer, new_figure
-from acbmse_cli._files import OutputDir, as_output_dir, write_files
+from acbmse_cli._files import OutputDir, as_output_dir, check_destinations, write_files
 from acbmse_cli._loss_names import LOSS_COLORS
 from acbmse_cli.arrays import open_array
 from acbmse_cli.errors import InputError
@@ -66,6 +66,7 @@ __all__ = [
     "ErrorHistograms",
     "PredictionStyle",
     "WorstSample",
+    "check_figure_destinations",
     "draw_calibration",
     "draw_detection",
     "draw_errors",
@@ -160,6 +161,17 @@ def eval_figures(comparison: EvalComparison) -> dict[str, Callable[[], Figure]]:
     if samples:
         figures["worst"] = lambda: draw_worst(comparison, samples, styles)
     return figures
+
+
+def check_figure_destinations(out: OutputDir, image_format: str) -> None:
+    """Refuse now, before the evaluation, a figure's path that :func:`write_eval_figures` could not
+    write (a folder in its place, a folder that cannot be written).
+
+    Raises:
+        InputError: naming the path.
+    """
+    paths = [out.path / f"{name}.{image_format}" for name in FIGURE_NAMES]
+    check_destinations(paths, context=f"{out.option} {out}")
 
 
 def write_eval_figures(

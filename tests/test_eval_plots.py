@@ -454,3 +454,24 @@ def test_library_refuses_what_it_cannot_draw(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--image-format"):
         eval_plots.write_eval_figures(comparison_of(paths, "pred_mse"), tmp_path / "out", "jpg")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_figure_path_taken_by_a_folder_is_refused_before_the_evaluation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from acbmse_cli.cli import main
+
+    (tmp_path / "figs" / "errors.png").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "eval",
+                str(tmp_path / "missing.npy"),
+                str(tmp_path / "gone.npy"),
+                "--plot",
+                str(tmp_path / "figs"),
+            ]
+        )
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and out == ""
+    assert "errors.png" in err and "missing.npy" not in err
