@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from acbmse_cli.errors import InputError
+
 T = TypeVar("T")
 
 __all__ = ["AllReduceSum", "all_reduce", "finish", "gather_objects", "init_from_env", "world"]
@@ -72,15 +74,62 @@ class AllReduceSum(torch.autograd.Function):
 
 
 def init_from_env() -> tuple[int, int]:
-    """Join the ``torchrun`` process group (gloo) when ``WORLD_SIZE`` > 1; ``(rank, world size)``."""
-    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    """Join the ``torchrun`` process group (gloo) when ``WORLD_SIZE`` > 1; ``(rank, world size)``.
+
+    The torchrun variables are checked first: a ``WORLD_SIZE`` above 1 needs ``RANK``, ``MASTER_ADDR``
+    and ``MASTER_PORT`` beside it, each well formed.  A stray or incomplete set is refused with an
+    :class:`~acbmse_cli.errors.InputError` naming the variable, rather than guessed at (running alone
+    where several processes were meant would print the report once per process).
+    """
+    size = _env_int("WORLD_SIZE", default=1, minimum=1)
     if size <= 1:
         return 0, 1
+    _check_torchrun_env(size)
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        try:
+            dist.init_process_group("gloo")
+        except (RuntimeError, ValueError) as exc:  # the rendezvous failed or timed out
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            message = f"cannot join the torchrun process group (WORLD_SIZE={size}): {reason}"
+            raise InputError(message) from None
     return world()
+
+
+_UNSET = "unset WORLD_SIZE to run as one process"
+
+
+def _env_int(name: str, *, default: int | None = None, minimum: int = 0, below: int | None = None) -> int:
+    """The integer in environment variable ``name``, within ``[minimum, below)``; InputError otherwise."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        if default is None:
+            raise InputError(
+                f"WORLD_SIZE={os.environ.get('WORLD_SIZE', '').strip()} but {name} is not set: under "
+                f"torchrun every process has RANK, MASTER_ADDR and MASTER_PORT too ({_UNSET})"
+            )
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise InputError(f"environment variable {name}={text!r} is not a whole number ({_UNSET})") from None
+    if value < minimum or (below is not None and value >= below):
+        bounds = f"at least {minimum}" if below is None else f"from {minimum} to {below - 1}"
+        raise InputError(f"environment variable {name}={value} must be {bounds} ({_UNSET})")
+    return value
+
+
+def _check_torchrun_env(size: int) -> None:
+    _env_int("RANK", below=size)
+    if os.environ.get("LOCAL_RANK", "").strip():
+        _env_int("LOCAL_RANK")
+    if not os.environ.get("MASTER_ADDR", "").strip():
+        raise InputError(
+            f"WORLD_SIZE={size} but MASTER_ADDR is not set: under torchrun every process has RANK, "
+            f"MASTER_ADDR and MASTER_PORT too ({_UNSET})"
+        )
+    _env_int("MASTER_PORT", minimum=1, below=65536)
 
 
 def finish() -> None:

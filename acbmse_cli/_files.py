@@ -12,9 +12,11 @@ should be, and a folder that cannot be written.  The folder may not exist yet; w
    that the umask gives a new file;
 3. only when all of them are complete are they renamed into place.
 
-On a failure the temporary files and the folders that the write created are removed again, so no file is
-left half-written and, unless a rename itself fails (a race with another process), none is replaced.
-Should a rename fail, the files renamed before it stay replaced.
+On a failure, an interruption included (SIGINT, and under the command line SIGTERM and SIGHUP too: see
+:mod:`acbmse_cli._signals`), the temporary files and the folders that the write created are removed
+again, so no file is left half-written and none is replaced.  The renames at the end hold such a signal
+back until they are all done, so a signal there leaves every file written.  Should a rename itself fail
+(a race with another process), the files renamed before it stay replaced.
 
 No torch, numpy or matplotlib here: the writers bring whatever they draw or save with.
 """
@@ -22,16 +24,18 @@ No torch, numpy or matplotlib here: the writers bring whatever they draw or save
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from acbmse_cli._signals import deferred
 from acbmse_cli.errors import InputError
 
-__all__ = ["OutputDir", "Writer", "as_output_dir", "write_files"]
+__all__ = ["OutputDir", "Writer", "as_output_dir", "check_destinations", "write_files"]
 
 #: Writes one file's bytes into the open binary stream that it is given.
 Writer = Callable[[BinaryIO], None]
@@ -111,11 +115,12 @@ def write_files(writers: Mapping[Path, Writer], *, context: str | None = None) -
     temporaries: list[Path] = []
     destination = destinations[0] if destinations else Path()
     try:
-        created = _make_folders(destinations)
+        _make_folders(destinations, created)
         for destination, write in writers.items():
             _write_temporary(destination, write, temporaries, mode=0o666 & ~mask)
-        for destination, temporary in zip(destinations, temporaries, strict=True):
-            os.replace(temporary, destination)
+        with deferred():  # a signal waits until every file is in place: all of them, or none
+            for destination, temporary in zip(destinations, temporaries, strict=True):
+                os.replace(temporary, destination)
     except OSError as exc:
         _remove(temporaries, created)
         raise InputError(f"{prefix}cannot write {destination}: {exc.strerror or exc}") from None
@@ -123,6 +128,16 @@ def write_files(writers: Mapping[Path, Writer], *, context: str | None = None) -
         _remove(temporaries, created)
         raise
     return destinations
+
+
+def check_destinations(destinations: Sequence[Path], *, context: str | None = None) -> None:
+    """Refuse now what :func:`write_files` would refuse of these destinations: a destination that is a
+    folder, or one in a folder that cannot be written (for a command to check before its long work).
+
+    Raises:
+        InputError: naming the destination, after ``context`` as in :func:`write_files`.
+    """
+    _check_destinations(destinations, "" if context is None else f"{context}: ")
 
 
 def _check_destinations(destinations: Sequence[Path], prefix: str) -> None:
@@ -134,9 +149,9 @@ def _check_destinations(destinations: Sequence[Path], prefix: str) -> None:
             raise InputError(f"{prefix}cannot write {path}: {parent} is not a writable folder")
 
 
-def _make_folders(destinations: Sequence[Path]) -> list[Path]:
-    """Create the destinations' missing folders; return those created, in the order of creation."""
-    created: list[Path] = []
+def _make_folders(destinations: Sequence[Path], created: list[Path]) -> None:
+    """Create the destinations' missing folders, listing each in ``created`` (in the order of creation)
+    before it exists, so that a signal after a ``mkdir`` still finds it listed."""
     for parent in dict.fromkeys(path.parent for path in destinations):
         missing: list[Path] = []
         probe = parent
@@ -144,18 +159,38 @@ def _make_folders(destinations: Sequence[Path]) -> list[Path]:
             missing.append(probe)
             probe = probe.parent
         for folder in reversed(missing):
-            folder.mkdir()
             created.append(folder)
-    return created
+            try:
+                folder.mkdir()
+            except FileExistsError:  # made meanwhile by someone else: not ours to remove
+                created.pop()
+                if not folder.is_dir():
+                    raise
 
 
 def _write_temporary(destination: Path, write: Writer, temporaries: list[Path], *, mode: int) -> None:
     """Write ``destination``'s bytes into a new temporary file beside it, listed in ``temporaries``."""
-    handle, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
-    temporaries.append(Path(name))
+    handle = _new_temporary(destination, temporaries)
     with os.fdopen(handle, "wb") as stream:
         write(stream)
-    os.chmod(name, mode)  # mkstemp makes 0600: give the file the permissions of any new file
+    os.chmod(temporaries[-1], mode)  # made 0600: give the file the permissions of any new file
+
+
+def _new_temporary(destination: Path, temporaries: list[Path]) -> int:
+    """A new, empty file ``.NAME.XXXXXXXX.tmp`` beside ``destination``, open for writing.
+
+    Its name is listed in ``temporaries`` before the file exists, so that a signal arriving at any
+    moment (:mod:`acbmse_cli._signals`) leaves nothing that the cleanup does not know of; a listed
+    name that was never created costs the cleanup nothing.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        temporaries.append(destination.parent / f".{destination.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(temporaries[-1], flags, 0o600)
+        except FileExistsError:  # someone else's file: never ours to remove
+            temporaries.pop()
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(destination.parent))
 
 
 def _remove(temporaries: Sequence[Path], created: Sequence[Path]) -> None:

@@ -4,15 +4,32 @@
 larger than memory.  :func:`open_array` checks a file (format, header, dtype,
 size) without reading its data and returns an :class:`ArraySource` whose
 :meth:`~ArraySource.read` hands out any range of elements (in C order) as a
-1-D CPU tensor:
+1-D CPU tensor.
 
-- ``.npy``, and ``.npz`` members stored uncompressed (``np.savez``), are
-  read by positional reads (``preadv``) of each range's bytes at their data
-  offset, into a buffer of that range only; Fortran-ordered ones, through a
-  memory map.
-- ``.npz`` members that are compressed (``np.savez_compressed``) are
-  decompressed as a stream into one reused buffer.
-- ``.pt`` files are loaded with ``torch.load(weights_only=True, mmap=True)``.
+Data are read with positional reads (``preadv``), never through a memory map: a file
+that shrinks while it is read (``torch.save`` overwriting a checkpoint under
+evaluation) is then one :class:`~acbmse_cli.errors.InputError`, where a map would
+kill the process with SIGBUS.
+
+- ``.npy``, and ``.npz`` members stored uncompressed (``np.savez``): each range's
+  bytes at their offset, into a buffer of that range only.  Fortran-ordered ones are
+  gathered from their strided runs, a band of samples (dim 0) at a time.
+- ``.npz`` members that are compressed (``np.savez_compressed``) are decompressed as
+  a stream into one reused buffer.  A Fortran-ordered one cannot be streamed in C
+  order: it is decompressed first into an unnamed temporary file (gone on any exit,
+  a kill included), which is refused, before anything is written, when the data
+  exceed :data:`MAX_STAGED_BYTES`, the free space of the temporary directory or the
+  file size limit (``ulimit -f``).
+- ``.pt`` files are loaded by ``torch.load(weights_only=True)`` onto the ``meta``
+  device: each tensor's shape, strides and place in the file, without its data, which
+  are then read from the file like a ``.npy``'s.  A tensor that declares more than
+  :data:`MAX_ELEMENTS_PER_STORED` times as many elements as its storage holds (an
+  expanded view) is refused.  The legacy (pre-zip) format is loaded into memory.
+
+Every stored ``.npz`` member, and every ``.pt`` storage record that has one, has its
+CRC-32 checked: folded in as the chunks are read in order, and completed by
+:meth:`ArraySource.verify`, after the last read, for the bytes the reads left out.
+Compressed members are checked by :mod:`zipfile` as they are decompressed.
 
 Nothing is ever unpickled: ``.npy`` headers are read by :mod:`numpy.lib.format`
 (a Python literal, parsed with :func:`ast.literal_eval`), object dtypes are refused
@@ -24,6 +41,7 @@ one line that names the file.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
@@ -37,25 +55,38 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from numpy.lib import format as npy_format
+from numpy.lib.stride_tricks import as_strided
 
 from acbmse_cli.errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ArraySource", "Role", "chunk_ranges", "open_array"]
+__all__ = ["MAX_ELEMENTS_PER_STORED", "MAX_STAGED_BYTES", "ArraySource", "Role", "chunk_ranges", "open_array"]
 
 Role = Literal["values", "labels"]
 """What an array is read as: ``values`` (prediction, target) or integer ``labels``."""
+
+MAX_STAGED_BYTES = 2 << 30
+"""The most bytes a Fortran-ordered compressed ``.npz`` member may decompress to (2 GiB):
+it is staged whole in the temporary directory before it can be read in C order."""
+
+MAX_ELEMENTS_PER_STORED = 16
+"""A ``.pt`` tensor may declare at most this many times the elements its storage holds
+(an expanded view repeats them): more would take far longer to read than its file's size says."""
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_HEADER = 1 << 20
 _STREAM_BLOCK = 1 << 24
+_GATHER_BLOCK = 1 << 22  # the most bytes one positional read of a strided gather takes
+_GATHER_GAP = 1 << 14  # unwanted bytes between two wanted runs that one read takes along
+_BAND_BYTES = 1 << 25  # the samples a strided source gathers at once, for the chunks that follow
+_STAGING_MARGIN = 64 << 20  # free space left in the temporary directory after staging
 
 
 # --------------------------------------------------------------------------- chunk plan
@@ -107,6 +138,232 @@ def _slab_index(shape: tuple[int, ...], start: int, stop: int) -> tuple[int | sl
     raise ValueError(f"[{start}, {stop}) is not a slab of shape {shape}")  # chunk_ranges never asks this
 
 
+# --------------------------------------------------------------------------- positional reads
+
+
+class _File:
+    """An open file, read with positional reads; closed with its owner, or when collected."""
+
+    def __init__(self, name: str, fd: int) -> None:
+        self.name = name
+        self.fd = fd
+        self._close = weakref.finalize(self, os.close, fd)
+
+    @classmethod
+    def open(cls, path: str, name: str) -> _File:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        return cls(name, fd)
+
+    def size(self) -> int:
+        try:
+            return os.fstat(self.fd).st_size
+        except OSError as exc:
+            raise InputError(f"{self.name}: cannot read: {exc.strerror or exc}") from None
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer at the end of the file)."""
+        data = bytearray(size)
+        view = memoryview(data)
+        done = 0
+        while done < size:
+            n = self._read(view[done:], offset + done)
+            if n == 0:
+                break
+            done += n
+        return bytes(data[:done])
+
+    def read_into(self, view: memoryview, offset: int) -> None:
+        """Fill ``view`` with the bytes at ``offset``; a file that ends first is an InputError."""
+        done = 0
+        while done < len(view):
+            n = self._read(view[done:], offset + done)
+            if n == 0:
+                raise InputError(f"{self.name}: cannot read the data: the file is shorter than when opened")
+            done += n
+
+    def _read(self, view: memoryview, offset: int) -> int:
+        try:
+            if hasattr(os, "preadv"):
+                return os.preadv(self.fd, [view], offset)
+            os.lseek(self.fd, offset, os.SEEK_SET)  # no positional reads here: the fd is this file's own
+            data = os.read(self.fd, len(view))
+        except OSError as exc:
+            raise InputError(f"{self.name}: cannot read the data: {exc}") from None
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._close()
+
+
+class _FileStream:
+    """A file read from ``position`` on, as a stream (for numpy's header reader)."""
+
+    def __init__(self, file: _File, position: int) -> None:
+        self._file = file
+        self._position = position
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (numpy's header reader always says how many)."""
+        data = self._file.read_at(self._position, max(size, 0))
+        self._position += len(data)
+        return data
+
+
+class _Crc32:
+    """The CRC-32 of a zip member, the bytes ``[begin, end)`` of a file, checked as they are read.
+
+    A read that continues the bytes folded so far is folded in; any other (a rewind, another
+    rank's part, a strided gather) is left out, and :meth:`finish` reads whatever the fold has
+    not reached.  The sum is compared as soon as the fold reaches ``end``.
+    """
+
+    def __init__(self, name: str, expected: int, begin: int, end: int) -> None:
+        self._name = name
+        self._expected = expected
+        self._position = begin
+        self._end = end
+        self._crc = 0
+        self._checked = False
+
+    def fold(self, offset: int, data: memoryview) -> None:
+        if self._checked or offset != self._position:
+            return
+        data = data[: self._end - offset]
+        self._crc = zlib.crc32(data, self._crc)
+        self._position += len(data)
+        if self._position >= self._end:
+            self._check()
+
+    def finish(self, file: _File) -> None:
+        block = memoryview(bytearray(min(_STREAM_BLOCK, max(self._end - self._position, 0))))
+        while self._position < self._end:
+            view = block[: self._end - self._position]
+            file.read_into(view, self._position)
+            self.fold(self._position, view)
+        if not self._checked:
+            self._check()
+
+    def _check(self) -> None:
+        self._checked = True
+        if self._crc != self._expected:
+            raise InputError(
+                f"{self._name}: corrupt: its bytes do not match the archive's CRC-32 "
+                f"({self._crc:08x}, recorded {self._expected:08x})"
+            )
+
+
+# --------------------------------------------------------------------------- strided gathers
+
+
+def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Element strides of a C-ordered array."""
+    return tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+
+
+def _f_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Element strides of a Fortran-ordered array."""
+    return tuple(math.prod(shape[:i]) for i in range(len(shape)))
+
+
+def _span(shape: tuple[int, ...], strides: tuple[int, ...]) -> int:
+    """Elements from a strided view's first to its last, both included."""
+    return 1 + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
+
+
+def _is_c_order(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """Whether element strides are those of a C-ordered array of this shape."""
+    return all(n == 1 or s == c for n, s, c in zip(shape, strides, _c_strides(shape), strict=True))
+
+
+def _read_whole_from(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
+    """How a view (strides descending) is read: ``(k, group)``, where one read takes the axes from
+    ``k`` on whole, and ``group`` indices of axis ``k - 1`` (if any) together.
+
+    An axis joins the read while the bytes between its runs stay within ``_GATHER_GAP`` and
+    the read within ``_GATHER_BLOCK``.
+    """
+    block = max(_GATHER_BLOCK // itemsize, 1)
+    covered = 1  # elements that one read of the axes from k on spans
+    for k in range(len(shape), 0, -1):
+        n, s = shape[k - 1], strides[k - 1]
+        if n > 1 and (s - covered) * itemsize > _GATHER_GAP:
+            return k, 1
+        if covered + (n - 1) * s > block:
+            return k, max((block - covered) // s + 1, 1)
+        covered += (n - 1) * s
+    return 0, 1
+
+
+def _gather(
+    file: _File, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], out: np.ndarray
+) -> None:
+    """Fill ``out`` (C-ordered) with the strided view of the file at byte ``offset`` (element
+    strides, descending): runs that lie close together in one read, others one read each."""
+    k, group = _read_whole_from(shape, strides, out.itemsize)
+    if k == 0:
+        _read_block(file, offset, shape, strides, out)
+    else:
+        _gather_axes(file, offset, shape, strides, out, k - 1, group)
+
+
+def _gather_axes(
+    file: _File, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], out: np.ndarray,
+    lead: int, group: int,
+) -> None:  # fmt: skip
+    """One index at a time of the axes before ``lead``, then ``group`` indices of ``lead`` per read."""
+    step = strides[0] * out.itemsize
+    if lead > 0:
+        for i in range(shape[0]):
+            _gather_axes(file, offset + i * step, shape[1:], strides[1:], out[i], lead - 1, group)
+        return
+    for i in range(0, shape[0], group):
+        n = min(group, shape[0] - i)
+        _read_block(file, offset + i * step, (n, *shape[1:]), strides, out[i : i + n])
+
+
+def _read_block(
+    file: _File, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], out: np.ndarray
+) -> None:
+    """One read of a strided view: straight into ``out`` when the view is C-ordered, else
+    into a buffer of its span, picked from there."""
+    if out.flags.c_contiguous and _is_c_order(shape, strides):
+        file.read_into(memoryview(out.reshape(-1).view(np.uint8)), offset)  # type: ignore[arg-type]
+        return
+    buffer = np.empty(_span(shape, strides), out.dtype)
+    file.read_into(memoryview(buffer.view(np.uint8)), offset)  # type: ignore[arg-type]
+    out[...] = as_strided(buffer, shape, tuple(s * out.itemsize for s in strides))
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where an array lies in a file: element ``i`` (a multi-index) at byte
+    ``offset + dot(i, strides) * dtype.itemsize``."""
+
+    offset: int
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]  # in elements
+
+    @property
+    def c_contiguous(self) -> bool:
+        return _is_c_order(self.shape, self.strides)
+
+    def slab(self, start: int, stop: int) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        """The slab ``[start, stop)`` (C order) as a view: its byte offset, shape and strides."""
+        dims, strides = (self.shape, self.strides) if self.shape else ((1,), (1,))
+        index = _slab_index(dims, start, stop)
+        fixed, part = [i for i in index[:-1] if not isinstance(i, slice)], index[-1]
+        assert isinstance(part, slice) and len(fixed) == len(index) - 1
+        axis = len(fixed)
+        first = sum(i * s for i, s in zip(fixed, strides[:axis], strict=True)) + part.start * strides[axis]
+        shape = (part.stop - part.start, *dims[axis + 1 :])
+        return self.offset + first * self.dtype.itemsize, shape, strides[axis:]
+
+
 # --------------------------------------------------------------------------- sources
 
 
@@ -133,9 +390,24 @@ class ArraySource:
         Values come as float32 (float16, bfloat16 and float32 files) or
         float64 (float64, integer and bool files); labels as an integer
         dtype.  The range must be one of :func:`chunk_ranges`.  The tensor
-        may share memory with the file (a memory map): never write to it.
+        may share memory with the source's buffers: never write to it.
+
+        Raises:
+            InputError: the file cannot be read (it shrank, an I/O error), its data are
+                corrupt, or, on the read that completes it, its checksum does not match.
         """
         raise NotImplementedError
+
+    def verify(self) -> None:
+        """Complete the data's checksum (CRC-32) over the bytes no read has covered, and check it.
+
+        Called once after the last read, before any result is used: the reads of one
+        process of several, or of a Fortran-ordered array, leave bytes out.  Nothing to do
+        where the format has no checksum or the reads have already checked it.
+
+        Raises:
+            InputError: the checksum does not match, or the file cannot be read.
+        """
 
     def close(self) -> None:
         """Release the file."""
@@ -150,77 +422,84 @@ class ArraySource:
         return f"{type(self).__name__}({self.name!r}, shape={self.shape}, dtype={self.dtype})"
 
 
-class _NumpySource(ArraySource):
-    """A numpy array (a memory map of the file), read by slicing; or, C-ordered in a file
-    at ``data_offset``, read with ``preadv`` into a fresh buffer.
+Convert = Callable[[np.ndarray], "torch.Tensor"]
+"""Turns a chunk as stored (a numpy array) into the tensor a source hands out."""
 
-    ``preadv`` copies from the page cache in one call; slicing the map faults every page in
-    one by one, which costs more than the copy (about 15% of an eval's time here).
+
+class _FileSource(ArraySource):
+    """An array in a file (see :class:`_Layout`), read with positional reads.
+
+    A C-ordered array is read range by range; any other layout (Fortran order, a strided
+    tensor) in bands of whole samples, gathered from the file's strided runs and kept for the
+    chunks that follow, or slab by slab where one sample is larger than a band.
     """
 
     def __init__(
-        self,
-        name: str,
-        array: np.ndarray,
-        role: Role,
-        cleanup: Callable[[], None] | None = None,
-        *,
-        path: str | None = None,
-        data_offset: int = 0,
-    ):
-        super().__init__(name, tuple(array.shape), str(array.dtype.newbyteorder("=")), role)
-        self._array: np.ndarray | None = array
-        self._flat = array.reshape(-1) if array.flags.c_contiguous else None
-        self._cleanup = cleanup
-        self._fd: int | None = None
-        self._data_offset = data_offset
-        if path is not None and self._flat is not None and hasattr(os, "preadv"):
-            try:
-                self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except OSError:
-                self._fd = None  # the memory map still reads it
-            else:  # closed with the source, or when it is collected unclosed
-                self._close_fd = weakref.finalize(self, os.close, self._fd)
+        self, name: str, file: _File, layout: _Layout, role: Role, convert: Convert,
+        *, dtype: str | None = None, crc: _Crc32 | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(name, layout.shape, dtype or str(layout.dtype.newbyteorder("=")), role)
+        self._file: _File | None = file
+        self._layout = layout
+        self._contiguous = layout.c_contiguous
+        self._convert = convert
+        self._crc = crc
+        self._band: tuple[int, int, np.ndarray] | None = None  # (start, stop, elements)
 
     def read(self, start: int, stop: int) -> torch.Tensor:
-        if self._array is None:
+        if self._file is None:
             raise ValueError(f"{self.name} is closed")
-        try:
-            if self._fd is not None:
-                chunk = self._pread(start, stop)
-            elif self._flat is not None:
-                chunk = np.asarray(self._flat[start:stop])
-            else:
-                chunk = np.ascontiguousarray(self._array[_slab_index(self.shape, start, stop)]).reshape(-1)
-            return _to_torch(chunk, self.role)
-        except OSError as exc:  # a file that shrank under the memory map, an I/O error
-            raise InputError(f"{self.name}: cannot read the data: {exc}") from None
+        if self._contiguous:
+            return self._convert(self._read_range(self._file, start, stop))
+        band = self._band
+        if band is None or not band[0] <= start < stop <= band[1]:
+            band = self._band = self._gather_band(self._file, start, stop)
+        return self._convert(band[2][start - band[0] : stop - band[0]])
 
-    def _pread(self, start: int, stop: int) -> np.ndarray:
-        assert self._fd is not None and self._array is not None
-        chunk = np.empty(stop - start, dtype=self._array.dtype)
+    def _read_range(self, file: _File, start: int, stop: int) -> np.ndarray:
+        chunk = np.empty(stop - start, dtype=self._layout.dtype)
         view = memoryview(chunk.view(np.uint8))  # type: ignore[arg-type]
-        position = self._data_offset + start * chunk.itemsize
-        done = 0
-        while done < len(view):
-            n = os.preadv(self._fd, [view[done:]], position + done)
-            if n == 0:
-                raise InputError(f"{self.name}: cannot read the data: the file is shorter than when opened")
-            done += n
+        offset = self._layout.offset + start * chunk.itemsize
+        file.read_into(view, offset)
+        if self._crc is not None:
+            self._crc.fold(offset, view)
         return chunk
 
+    def _gather_band(self, file: _File, start: int, stop: int) -> tuple[int, int, np.ndarray]:
+        dims = self.shape or (1,)
+        row = self.size // dims[0]
+        budget = max(_BAND_BYTES // self._layout.dtype.itemsize, 1)
+        if row > budget:  # a sample larger than a band: this slab alone
+            return start, stop, self._gather_slab(file, start, stop)
+        first = start // row
+        last = min(dims[0], max(-(-stop // row), first + budget // row))
+        return first * row, last * row, self._gather_slab(file, first * row, last * row)
+
+    def _gather_slab(self, file: _File, start: int, stop: int) -> np.ndarray:
+        """The slab ``[start, stop)``, gathered in the file's order and laid out in C order."""
+        offset, shape, strides = self._layout.slab(start, stop)
+        order = sorted(range(len(shape)), key=lambda axis: -strides[axis])
+        out = np.empty(tuple(shape[a] for a in order), self._layout.dtype)
+        _gather(file, offset, tuple(shape[a] for a in order), tuple(strides[a] for a in order), out)
+        return np.ascontiguousarray(out.transpose(np.argsort(order))).reshape(-1)
+
+    def verify(self) -> None:
+        if self._crc is not None and self._file is not None:
+            self._crc.finish(self._file)
+
     def close(self) -> None:
-        self._array = self._flat = None
-        if self._fd is not None:
-            self._close_fd()
-            self._fd = None
-        if self._cleanup is not None:
-            self._cleanup()
-            self._cleanup = None
+        self._band = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class _StreamSource(ArraySource):
-    """A C-ordered array in a compressed archive member, decompressed as a stream."""
+    """A C-ordered array in a compressed archive member, decompressed as a stream.
+
+    :mod:`zipfile` checks the member's CRC-32 where its stream ends: the read of the last
+    range reads on to that end, and :meth:`verify` decompresses whatever no read reached.
+    """
 
     def __init__(
         self,
@@ -240,6 +519,7 @@ class _StreamSource(ArraySource):
         self._stream: IO[bytes] | None = None
         self._position = 0  # in elements
         self._buffer = bytearray()
+        self._checked = False
 
     def _rewind(self) -> None:
         if self._stream is not None:
@@ -258,25 +538,49 @@ class _StreamSource(ArraySource):
                     raise InputError(f"{self.name}: truncated: the archive member ends before its data does")
                 got += n
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-            raise InputError(f"{self.name}: corrupt compressed data: {exc}") from None
+            raise _stream_error(self.name, exc) from None
 
     def read(self, start: int, stop: int) -> torch.Tensor:
-        itemsize = self._np_dtype.itemsize
         if self._stream is None or start < self._position:
             self._rewind()
-        while self._position < start:  # skip forward (another rank's part of the file)
-            n = min(start - self._position, max(_STREAM_BLOCK // itemsize, 1))
-            self._ensure_buffer(n * itemsize)
-            self._read_exactly(n * itemsize, memoryview(self._buffer))
-            self._position += n
-        data = bytearray((stop - start) * itemsize)  # fresh: the caller may still use the previous chunk
+        self._skip_to(start)
+        data = bytearray((stop - start) * self._np_dtype.itemsize)  # fresh: the caller may hold the last
         self._read_exactly(len(data), memoryview(data))
         self._position = stop
+        if stop == self.size:
+            self._read_end()
         return _to_torch(np.frombuffer(data, dtype=self._np_dtype), self.role)
 
-    def _ensure_buffer(self, nbytes: int) -> None:
-        if len(self._buffer) < nbytes:
-            self._buffer = bytearray(nbytes)
+    def _skip_to(self, start: int) -> None:
+        """Decompress up to element ``start`` (another rank's part of the file, or what is left)."""
+        itemsize = self._np_dtype.itemsize
+        while self._position < start:
+            n = min(start - self._position, max(_STREAM_BLOCK // itemsize, 1))
+            if len(self._buffer) < n * itemsize:
+                self._buffer = bytearray(n * itemsize)
+            self._read_exactly(n * itemsize, memoryview(self._buffer))
+            self._position += n
+
+    def _read_end(self) -> None:
+        """Read past the last byte: zipfile compares the member's CRC-32 where its stream ends."""
+        assert self._stream is not None
+        if self._checked:
+            return
+        try:
+            extra = self._stream.read(1)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            raise _stream_error(self.name, exc) from None
+        if extra:  # zipfile stops at the member's recorded size: never here
+            raise InputError(f"{self.name}: corrupt: data after the array's end")
+        self._checked = True
+
+    def verify(self) -> None:
+        if self._checked:
+            return
+        if self._stream is None:
+            self._rewind()
+        self._skip_to(self.size)
+        self._read_end()
 
     def close(self) -> None:
         if self._stream is not None:
@@ -285,8 +589,14 @@ class _StreamSource(ArraySource):
         self._close_archive()
 
 
+def _stream_error(name: str, exc: Exception) -> InputError:
+    if isinstance(exc, EOFError):  # zipfile: the file ends before the member's compressed bytes do
+        return InputError(f"{name}: truncated: the file ends inside this member")
+    return InputError(f"{name}: corrupt compressed data: {exc}")
+
+
 class _TorchSource(ArraySource):
-    """A tensor from a ``.pt`` file (memory-mapped when the file format allows)."""
+    """A tensor in memory, from a ``.pt`` file of the legacy (pre-zip) format."""
 
     def __init__(self, name: str, tensor: torch.Tensor, role: Role) -> None:
         super().__init__(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."), role)
@@ -349,15 +659,11 @@ _TORCH_VALUE_DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "uint
 def _check_tensor(name: str, tensor: torch.Tensor, role: Role) -> None:
     import torch
 
-    # Only a plain dense tensor in CPU memory can be sliced and read: refuse the rest by name.
-    if tensor.is_meta:
-        raise InputError(f"{name}: holds a meta tensor (a shape without data): need a tensor with values")
+    # Only a plain dense tensor can be read from its storage: refuse the rest by name.
     if tensor.is_nested:
         raise InputError(f"{name}: nested tensors are not supported: need a dense tensor")
     if tensor.layout != torch.strided:
         raise InputError(f"{name}: {tensor.layout} tensors are not supported: need a dense tensor")
-    if tensor.device.type != "cpu":
-        raise InputError(f"{name}: a tensor on {tensor.device} after loading: need a CPU tensor")
     dtype = str(tensor.dtype).removeprefix("torch.")
     if tensor.is_complex():
         raise InputError(f"{name}: complex dtype {dtype} is not supported: need real numbers")
@@ -385,6 +691,10 @@ def _convert_tensor(chunk: torch.Tensor, role: Role) -> torch.Tensor:
 # --------------------------------------------------------------------------- .npy
 
 
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class _HeaderReader:
     """The first ``limit`` bytes of a stream, read by numpy's header reader.
 
@@ -392,7 +702,7 @@ class _HeaderReader:
     at the stream's end (a truncated file) or at ``limit`` (a header too long to be one).
     """
 
-    def __init__(self, stream: IO[bytes], limit: int) -> None:
+    def __init__(self, stream: _Readable, limit: int) -> None:
         self._stream = stream
         self._left = limit
         self.consumed = 0
@@ -428,7 +738,7 @@ class _NpyHeader:
     size: int  # bytes, from the magic string to the data
 
 
-def _read_npy_header(stream: IO[bytes], name: str) -> _NpyHeader:
+def _read_npy_header(stream: _Readable, name: str) -> _NpyHeader:
     """The header of a .npy file at the start of ``stream``, read by :mod:`numpy.lib.format`.
 
     numpy parses the header with :func:`ast.literal_eval`: nothing is unpickled.
@@ -471,23 +781,24 @@ def _check_size(name: str, header: _NpyHeader, available: int) -> int:
 
 
 def _open_npy(path: str, name: str, role: Role) -> ArraySource:
-    with open(path, "rb") as f:
-        header = _read_npy_header(f, name)
-        _check_numpy_dtype(name, header.dtype, role)
-        file_size = os.fstat(f.fileno()).st_size
-    _check_size(name, header, file_size - header.size)
-    array = _memmap(path, name, header, header.size)
-    return _NumpySource(name, array, role, path=path, data_offset=header.size)
-
-
-def _memmap(path: str, name: str, header: _NpyHeader, offset: int) -> np.ndarray:
-    """The data described by ``header``, at ``offset`` in the file."""
+    file = _File.open(path, name)
     try:
-        # Copy-on-write: writable for torch.from_numpy, and the file is never written.
-        return np.memmap(path, dtype=header.dtype, mode="c", offset=offset, shape=header.shape or (1,),
-                         order="F" if header.fortran_order else "C").reshape(header.shape)  # fmt: skip
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{name}: cannot map the data: {exc}") from None
+        header = _read_npy_header(_FileStream(file, 0), name)
+        _check_numpy_dtype(name, header.dtype, role)
+        _check_size(name, header, file.size() - header.size)
+        return _numpy_source(name, file, header, header.size, role)
+    except BaseException:
+        file.close()
+        raise
+
+
+def _numpy_source(
+    name: str, file: _File, header: _NpyHeader, offset: int, role: Role, crc: _Crc32 | None = None
+) -> ArraySource:
+    """The array that ``header`` describes, at byte ``offset`` of ``file``."""
+    strides = _f_strides(header.shape) if header.fortran_order else _c_strides(header.shape)
+    layout = _Layout(offset, header.dtype, header.shape, strides)
+    return _FileSource(name, file, layout, role, functools.partial(_to_torch, role=role), crc=crc)
 
 
 # --------------------------------------------------------------------------- .npz
@@ -529,11 +840,9 @@ def _open_npz_member(
         raise InputError(f"{label}: corrupt archive member: {exc}") from None
 
 
-def _local_data_offset(path: str, info: zipfile.ZipInfo) -> int:
+def _local_data_offset(file: _File, info: zipfile.ZipInfo) -> int:
     """Where a member's bytes start: after its local header, whose extra field may differ."""
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)
+    local = file.read_at(info.header_offset, 30)
     if len(local) < 30 or local[:4] != _ZIP_MAGIC:
         raise zipfile.BadZipFile("bad local file header")
     name_len, extra_len = struct.unpack("<HH", local[26:30])
@@ -543,18 +852,21 @@ def _local_data_offset(path: str, info: zipfile.ZipInfo) -> int:
 def _stored_member(
     path: str, label: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, role: Role
 ) -> ArraySource:
-    start = _local_data_offset(path, info)
-    with open(path, "rb") as f:
-        f.seek(start)
-        header = _read_npy_header(f, label)
-        file_size = os.fstat(f.fileno()).st_size
-    _check_numpy_dtype(label, header.dtype, role)
-    if start + info.file_size > file_size:
-        raise InputError(f"{label}: truncated: the archive ends inside this member")
-    _check_size(label, header, info.file_size - header.size)
     archive.close()
-    offset = start + header.size
-    return _NumpySource(label, _memmap(path, label, header, offset), role, path=path, data_offset=offset)
+    file = _File.open(path, label)
+    try:
+        start = _local_data_offset(file, info)
+        header = _read_npy_header(_FileStream(file, start), label)
+        _check_numpy_dtype(label, header.dtype, role)
+        if start + info.file_size > file.size():
+            raise InputError(f"{label}: truncated: the archive ends inside this member")
+        _check_size(label, header, info.file_size - header.size)
+        crc = _Crc32(label, info.CRC, start, start + info.file_size)
+        crc.fold(start, memoryview(file.read_at(start, header.size)))
+        return _numpy_source(label, file, header, start + header.size, role, crc)
+    except BaseException:
+        file.close()
+        raise
 
 
 def _compressed_member(
@@ -568,54 +880,135 @@ def _compressed_member(
         return _StreamSource(
             label, lambda: archive.open(info), header.size, header.shape, header.dtype, role, archive.close
         )
-    # Fortran order cannot be streamed in C order: decompress to a temporary file and map that.
-    fd, tmp = tempfile.mkstemp(prefix="acbmse-", suffix=".npy")
+    return _staged_member(label, archive, info, header, role)
+
+
+def _staged_member(
+    label: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, header: _NpyHeader, role: Role
+) -> ArraySource:
+    """A Fortran-ordered compressed member, which cannot be streamed in C order: decompressed
+    (and CRC-checked by zipfile) into an unnamed temporary file, then read from there."""
     try:
-        with os.fdopen(fd, "wb") as out, archive.open(info) as stream:
-            stream.read(header.size)
-            shutil.copyfileobj(stream, out, _STREAM_BLOCK)
-        array = _memmap(tmp, label, header, 0)
+        _check_staging_room(label, info.file_size - header.size)
+        with tempfile.TemporaryFile(prefix="acbmse-") as staged:  # no name (or unlinked at once)
+            with archive.open(info) as stream:
+                stream.read(header.size)
+                shutil.copyfileobj(stream, staged, _STREAM_BLOCK)
+            staged.flush()
+            file = _File(label, os.dup(staged.fileno()))
+    except OSError as exc:  # a full disk, the file size limit, an unwritable temporary directory
+        raise InputError(
+            f"{label}: cannot decompress this Fortran-ordered member into {tempfile.gettempdir()}: "
+            f"{exc.strerror or exc}"
+        ) from None
     finally:
-        os.unlink(tmp)  # the map keeps the data until it is closed
         archive.close()
-    return _NumpySource(label, array, role)
+    return _numpy_source(label, file, header, 0, role)
+
+
+def _check_staging_room(label: str, nbytes: int) -> None:
+    """Refuse, before writing anything, a member that the temporary directory cannot hold."""
+    directory = tempfile.gettempdir()
+    limits = [(MAX_STAGED_BYTES, "the limit on staged data")]
+    limits.append((shutil.disk_usage(directory).free - _STAGING_MARGIN, f"the free space in {directory}"))
+    size_limit = _file_size_limit()
+    if size_limit is not None:
+        limits.append((size_limit, "the file size limit (ulimit -f)"))
+    for limit, what in limits:
+        if nbytes > limit:
+            raise InputError(
+                f"{label}: a Fortran-ordered compressed member is decompressed to a temporary file first, "
+                f"and its {nbytes:,} bytes exceed {what} ({max(limit, 0):,} bytes): "
+                "save it in C order (np.ascontiguousarray) or uncompressed (np.savez)"
+            )
+
+
+def _file_size_limit() -> int | None:
+    """The soft limit on the size of a file this process writes (``ulimit -f``), if any."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 # --------------------------------------------------------------------------- .pt
 
+_NUMPY_TWINS = {"bool": "?", "uint8": "u1", "int8": "i1", "int16": "i2", "uint16": "u2", "int32": "i4",
+                "uint32": "u4", "int64": "i8", "uint64": "u8", "float16": "f2", "bfloat16": "u2",
+                "float32": "f4", "float64": "f8"}  # fmt: skip
+"""The numpy dtype of each tensor dtype read, by its bytes (bfloat16 is read as uint16, then viewed)."""
 
-def _open_pt(path: str, name: str, key: str | None, key_option: str, role: Role) -> ArraySource:
-    tensor, label = _pick_tensor(_torch_load(path, name), name, key, key_option)
+
+def _open_pt(
+    path: str, name: str, key: str | None, key_option: str, role: Role, *, archive: bool
+) -> ArraySource:
+    if not archive:
+        return _legacy_source(path, name, key, key_option, role)
+    tensor, label = _archive_tensor(path, name, key, key_option, role)
+    _check_not_empty(label, tensor)
+    offset = getattr(tensor.untyped_storage(), "_checkpoint_offset", None)
+    if offset is None:  # saved from the meta device: no data in the file
+        raise InputError(f"{label}: holds a meta tensor (a shape without data): need a tensor with values")
+    _check_storage_use(label, tensor)
+    return _record_source(path, label, tensor, int(offset), role)
+
+
+def _legacy_source(path: str, name: str, key: str | None, key_option: str, role: Role) -> ArraySource:
+    """A tensor of the legacy (pre-zip) format, which cannot be located in its file: loaded into memory."""
+    tensor, label = _pick_tensor(_torch_load(path, name, "memory"), name, key, key_option)
+    if tensor.is_meta:
+        raise InputError(f"{label}: holds a meta tensor (a shape without data): need a tensor with values")
+    if tensor.device.type != "cpu":
+        raise InputError(f"{label}: a tensor on {tensor.device} after loading: need a CPU tensor")
     _check_tensor(label, tensor, role)
-    if tensor.numel() == 0:
-        raise InputError(f"{label}: empty array (shape {tuple(tensor.shape)})")
+    _check_not_empty(label, tensor)
+    _check_storage_use(label, tensor)
     return _TorchSource(label, tensor.detach(), role)
 
 
-def _torch_load(path: str, name: str) -> object:
-    """The file's object, by PyTorch's weights-only loader (memory-mapped where the format allows)."""
+def _check_not_empty(label: str, tensor: torch.Tensor) -> None:
+    if tensor.numel() == 0:
+        raise InputError(f"{label}: empty array (shape {tuple(tensor.shape)})")
+
+
+def _archive_tensor(
+    path: str, name: str, key: str | None, key_option: str, role: Role
+) -> tuple[torch.Tensor, str]:
+    """The tensor that ``key`` names, loaded onto the meta device: shape, strides and storage, no data."""
+    try:
+        obj = _torch_load(path, name, "meta")
+    except NotImplementedError as exc:  # a tensor type without meta kernels (nested...): say which
+        tensor, label = _pick_tensor(_torch_load(path, name, "mmap"), name, key, key_option)
+        _check_tensor(label, tensor, role)  # the data stay in the file, unread
+        raise InputError(f"{name}: cannot be read without loading it whole: {_reason(exc)}") from None
+    tensor, label = _pick_tensor(obj, name, key, key_option)
+    _check_tensor(label, tensor, role)
+    return tensor, label
+
+
+def _torch_load(path: str, name: str, how: Literal["meta", "mmap", "memory"]) -> object:
+    """The file's object, by PyTorch's weights-only loader: onto the meta device, memory-mapped or
+    in memory.  ``meta`` lets a NotImplementedError through (a tensor type with no meta kernels)."""
     import torch
 
-    def load(*, mmap: bool) -> object:
+    try:
         with warnings.catch_warnings():  # a refused pickle is reported below, once
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-
-    try:
-        try:
-            return load(mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            return load(mmap=False)  # the legacy (non-zip) format cannot be memory-mapped
+            location = "meta" if how == "meta" else "cpu"
+            return torch.load(path, map_location=location, weights_only=True, mmap=how == "mmap")
     except pickle.UnpicklingError:
         raise InputError(
             f"{name}: holds Python objects other than tensors; refused without running them "
             "(only weights-only .pt files are read)"
         ) from None
+    except NotImplementedError:
+        if how == "meta":
+            raise
+        raise InputError(f"{name}: not a readable .pt file (truncated or corrupt?)") from None
     except Exception as exc:  # torch.load reports corruption with many exception types
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise InputError(f"{name}: not a readable .pt file (truncated or corrupt?): {reason}") from None
+        raise InputError(f"{name}: not a readable .pt file (truncated or corrupt?): {_reason(exc)}") from None
 
 
 def _pick_tensor(obj: object, name: str, key: str | None, key_option: str) -> tuple[torch.Tensor, str]:
@@ -645,6 +1038,92 @@ def _dict_entry(obj: dict[Any, Any], name: str, key: str | None, key_option: str
     elif key not in tensors:
         raise InputError(f"{name}: has no tensor {key!r} (it holds: {', '.join(sorted(tensors)) or 'none'})")
     return tensors[key], f"{name}[{key}]"
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _check_storage_use(label: str, tensor: torch.Tensor) -> None:
+    """The tensor lies inside its storage, and does not repeat it far beyond its size."""
+    stored = tensor.untyped_storage().nbytes() // tensor.element_size()
+    last = tensor.storage_offset() + sum(
+        (n - 1) * s for n, s in zip(tensor.shape, tensor.stride(), strict=True)
+    )
+    if min(tensor.stride(), default=0) < 0 or last >= stored:
+        raise InputError(f"{label}: corrupt: the tensor reaches outside its storage of {stored:,} elements")
+    if tensor.numel() > MAX_ELEMENTS_PER_STORED * stored:
+        raise InputError(
+            f"{label}: declares {tensor.numel():,} elements over a storage of {stored:,} (an expanded view, "
+            f"more than {MAX_ELEMENTS_PER_STORED}x its data): refused; save tensor.contiguous() instead"
+        )
+
+
+def _record_source(path: str, label: str, tensor: torch.Tensor, offset: int, role: Role) -> ArraySource:
+    """The tensor read from its storage record, which starts at byte ``offset`` of the file."""
+    file = _File.open(path, label)
+    try:
+        nbytes = tensor.untyped_storage().nbytes()
+        info, byteorder = _storage_record(path, label, file, offset)
+        if info.file_size != nbytes:
+            raise InputError(
+                f"{label}: corrupt: a storage of {nbytes:,} bytes in a record of {info.file_size:,}"
+            )
+        if offset + nbytes > file.size():
+            raise InputError(f"{label}: truncated: the file ends inside the tensor's data")
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        np_dtype = np.dtype(_NUMPY_TWINS[dtype]).newbyteorder("<" if byteorder == b"little" else ">")
+        start = offset + int(tensor.storage_offset()) * tensor.element_size()
+        layout = _Layout(start, np_dtype, tuple(map(int, tensor.shape)), tuple(map(int, tensor.stride())))
+        # torch.save(..., set_crc32_options(False)) writes 0 for "not computed"
+        crc = _Crc32(label, info.CRC, offset, offset + nbytes) if info.CRC else None
+        convert = functools.partial(_tensor_chunk, dtype=tensor.dtype, role=role)
+        return _FileSource(label, file, layout, role, convert, dtype=dtype, crc=crc)
+    except BaseException:
+        file.close()
+        raise
+
+
+def _storage_record(path: str, label: str, file: _File, offset: int) -> tuple[zipfile.ZipInfo, bytes]:
+    """The stored record whose data start at ``offset``, and the archive's byte order."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = max((i for i in archive.infolist() if i.header_offset < offset),
+                       key=lambda i: i.header_offset, default=None)  # fmt: skip
+            prefix = info.filename.rpartition("/data/")[0] if info is not None else ""
+            byteorder = _byteorder(archive, file, prefix)
+        located = info is not None and _local_data_offset(file, info) == offset
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InputError(f"{label}: truncated or corrupt zip archive: {exc}") from None
+    if info is None or not located or not prefix or info.compress_type != zipfile.ZIP_STORED:
+        raise InputError(f"{label}: corrupt: the tensor's data are not a stored record of the archive")
+    if byteorder not in (b"little", b"big"):
+        raise InputError(f"{label}: corrupt: unknown byte order {byteorder[:20]!r}")
+    return info, byteorder
+
+
+def _byteorder(archive: zipfile.ZipFile, file: _File, prefix: str) -> bytes:
+    """What ``torch.save`` recorded as its byte order (little-endian without a record, as torch.load).
+
+    Read as stored, unchecked: a file saved without CRC-32s records 0 for each, which zipfile refuses.
+    """
+    try:
+        info = archive.getinfo(f"{prefix}/byteorder")
+    except KeyError:
+        return b"little"
+    if info.compress_type != zipfile.ZIP_STORED or info.file_size > 16:
+        return b"?"
+    return file.read_at(_local_data_offset(file, info), info.file_size)
+
+
+def _tensor_chunk(chunk: np.ndarray, *, dtype: torch.dtype, role: Role) -> torch.Tensor:
+    """A chunk as read (the tensor dtype's numpy twin, in the file's byte order) as that tensor dtype."""
+    import torch
+
+    if not chunk.dtype.isnative:
+        chunk = chunk.astype(chunk.dtype.newbyteorder("="))
+    tensor = torch.from_numpy(chunk)
+    return _convert_tensor(tensor.view(dtype) if tensor.dtype != dtype else tensor, role)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -679,7 +1158,7 @@ def open_array(path: str | os.PathLike[str], *, key: str | None = None, role: Ro
         return _open_npz(path, path, key, key_option, role)
     if not (lead.startswith(_ZIP_MAGIC) or lead[:1] == b"\x80"):  # neither a zip nor a pickle
         raise InputError(f"{path}: not an array file (need .npy, .npz or .pt)")
-    return _open_pt(path, path, key, key_option, role)
+    return _open_pt(path, path, key, key_option, role, archive=lead.startswith(_ZIP_MAGIC))
 
 
 def _read_lead(path: str) -> bytes:

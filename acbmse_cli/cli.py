@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from acbmse_cli._signals import Terminated, terminations_raise
 from acbmse_cli._version import __version__
 from acbmse_cli.errors import InputError
 
@@ -166,6 +168,14 @@ def eval_command(
         str | None,
         typer.Option(help="Which array of a TARGET .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
     ] = None,
+    labels_key: Annotated[
+        str | None,
+        typer.Option(help="Which array of a --labels .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
+    ] = None,
+    mask_key: Annotated[
+        str | None,
+        typer.Option(help="Which array of a --mask .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
+    ] = None,
     nan_policy: Annotated[
         Literal["raise", "omit"],
         typer.Option(
@@ -222,7 +232,7 @@ def eval_command(
         str | None,
         typer.Option(
             help="The grid of --detect-curve: START:STOP:N (N evenly spaced, both ends included) or "
-            "t1,t2,... Default: 201 from --hit-threshold to the target's largest hit.",
+            "t1,t2,... Default: 201 from --hit-threshold to the target's largest hit, rounded up.",
             show_default=False,
             rich_help_panel=DETECTION,
         ),
@@ -297,6 +307,10 @@ def eval_command(
     *preds, target = files
     given = _given_options(ctx)
     figures = None if plot is None else OutputDir(plot, option="--plot")
+    if figures is not None:
+        from acbmse_cli.eval_plots import check_figure_destinations
+
+        check_figure_destinations(figures, image_format)
     rank, _ = init_distributed()
     try:
         with _errors_said_by_rank_zero(rank):
@@ -304,6 +318,7 @@ def eval_command(
                 pred_key=pred_key,
                 target_key=target_key,
                 labels=labels,
+                labels_key=labels_key,
                 hit_threshold=given(hit_threshold=hit_threshold),
                 hit_weight=given(hit_weight=hit_weight),
                 nonhit_weight=given(nonhit_weight=nonhit_weight),
@@ -323,6 +338,7 @@ def eval_command(
                 input_key=input_key,
                 figure_stats=figures is not None,
                 mask=mask,
+                mask_key=mask_key,
             )
             comparison = _evaluate_with_progress(preds, target, options, show=rank == 0 and not quiet)
     finally:
@@ -379,11 +395,12 @@ def _evaluate_with_progress(
 
 def _print_report(comparison: EvalComparison, output_format: str) -> None:
     """The report on stdout (a note on stderr for omitted elements)."""
+    from acbmse_cli._streams import printable
     from acbmse_cli.report import render_csv, render_json, render_table, stdout_console
 
     for result in comparison.reports:
         if result.omitted:
-            name = f" of {result.pred}" if len(comparison.reports) > 1 else ""
+            name = f" of {printable(result.pred)}" if len(comparison.reports) > 1 else ""
             sys.stderr.write(
                 f"acbmse: left out {result.omitted} elements{name} with NaN or Inf (--nan-policy omit)\n"
             )
@@ -402,10 +419,22 @@ def _failed_gate(result: EvalResult, fail_above: float | None, *, speak: bool, n
     if fail_above is None or score <= fail_above:
         return False
     if speak:
+        from acbmse_cli._streams import printable
+
         verdict = "is not a number, which fails" if math.isnan(score) else "is above"
-        who = f"{result.pred}: " if named else ""
-        sys.stderr.write(f"acbmse: {who}ACB-MSE {score:.6g} {verdict} --fail-above {fail_above:g}\n")
+        who = f"{printable(result.pred)}: " if named else ""
+        shown, limit = _distinct_numbers(score, fail_above)
+        sys.stderr.write(f"acbmse: {who}ACB-MSE {shown} {verdict} --fail-above {limit}\n")
     return True
+
+
+def _distinct_numbers(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` with 6 significant digits, or as many more as it takes to tell them apart."""
+    for digits in range(6, 18):
+        shown = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if shown[0] != shown[1]:
+            return shown
+    return repr(a), repr(b)
 
 
 # --------------------------------------------------------------------------- curves
@@ -566,7 +595,14 @@ def demo(
     frame_size: Annotated[str, typer.Option(hidden=True)] = "88x128",
 ) -> None:
     from acbmse_cli._files import OutputDir
-    from acbmse_cli.demo import DemoOptions, parse_frame_size, parse_losses, run_demo, save_outputs
+    from acbmse_cli.demo import (
+        DemoOptions,
+        check_outputs,
+        parse_frame_size,
+        parse_losses,
+        run_demo,
+        save_outputs,
+    )
     from acbmse_cli.devices import resolve_device
     from acbmse_cli.report import TrainingProgress, render_demo_table, stdout_console
 
@@ -585,6 +621,7 @@ def demo(
     )
     figure_dir = None if out is None else OutputDir(out, option="--out")
     data_dir = None if save_data is None else OutputDir(save_data, option="--save-data")
+    check_outputs(options, data_dir=data_dir, figure_dir=figure_dir)  # before training, not after
     torch_device = resolve_device(device)
     with TrainingProgress(options.losses, options.steps, enabled=not quiet) as progress:
         result = run_demo(options, device=torch_device, progress=progress.callback)
@@ -601,8 +638,10 @@ def demo(
 
 def _tell_written(paths: list[Any]) -> None:
     """A ``Wrote PATH`` line per file, on stderr."""
+    from acbmse_cli._streams import printable
+
     for path in paths:
-        sys.stderr.write(f"Wrote {path}\n")
+        sys.stderr.write(f"Wrote {printable(path)}\n")
 
 
 @contextlib.contextmanager
@@ -637,27 +676,26 @@ def _stdout_is_a_closed_pipe() -> bool:
 
 def _silence_stdout() -> None:
     """Point stdout at devnull, so that the flush at exit cannot fail again."""
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+    from acbmse_cli._streams import silence
+
+    silence(sys.stdout)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``acbmse`` and ``python -m acbmse_cli``."""
+    from acbmse_cli._streams import standard_streams
+
     args = sys.argv[1:] if argv is None else list(argv)
-    if not args:  # the help, and the usage error's code, whatever the parser's version does
-        with _stdout_guard():
-            _run(["--help"])
-        sys.exit(2)
-    code = _run(args)
     try:
-        with _stdout_guard():  # output still buffered is written now, under the same rules
-            pass
-    except InputError as exc:
-        _error_line(str(exc))
-        code = InputError.exit_code
-    sys.exit(code)
+        with terminations_raise(), standard_streams() as streams:
+            status = _run(args or ["--help"])  # no arguments: the help, with the usage error's code
+            failure = streams.finish()  # output still buffered is written now, under the same rules
+            if failure is not None and status in (0, 1):  # the report is lost: that is the error to tell
+                _error_line(failure)
+                status = InputError.exit_code
+    except Terminated as exc:  # a signal after the run, while its last words were said
+        status = exc.exit_code
+    sys.exit(status if args else 2)
 
 
 @contextlib.contextmanager
@@ -692,6 +730,9 @@ def _run(args: list[str]) -> int:
     except (KeyboardInterrupt, typer.Abort):
         _error_line("interrupted")
         return 130
+    except Terminated as exc:  # SIGINT, SIGTERM or SIGHUP: unwound, the writes cleaned up
+        _error_line("interrupted" if exc.signum == signal.SIGINT else f"terminated by {exc.name}")
+        return exc.exit_code
     except typer.Exit as exc:
         return int(exc.exit_code)
     except BrokenPipeError:  # the help or a report into a closed pipe
@@ -707,16 +748,25 @@ def _run(args: list[str]) -> int:
         # carry format_message and exit_code; anything else is a bug and keeps its traceback.
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             raise
-        message = exc.format_message().strip()
-        if message:
-            ctx = getattr(exc, "ctx", None)
-            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            _error_line(message + hint)
-        return int(exc.exit_code)
+        return _usage_error(exc)
     return result if isinstance(result, int) else 0
 
 
+def _usage_error(exc: Any) -> int:
+    """Say the parser's usage error in one line, with where to find help; its exit code."""
+    message = exc.format_message().strip()
+    if message:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _error_line(message + hint)
+    return int(exc.exit_code)
+
+
 def _error_line(message: str) -> None:
-    text = " ".join(message.split())
+    """``acbmse: error: MESSAGE`` on stderr: one line, its control characters escaped (a file name
+    from the user or from inside a file must not drive the terminal)."""
+    from acbmse_cli._streams import printable
+
+    text = printable(" ".join(message.split()))
     sys.stderr.write(f"acbmse: error: {text}\n")
     sys.stderr.flush()

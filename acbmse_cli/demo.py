@@ -18,16 +18,16 @@ the same statistics ``acbmse eval`` reports: ``mse_hit`` and ``mse_nonhit`` (the
 the target's hits and non-hits), ``mse`` (over all pixels) and ``acb_mse`` (:func:`balanced_loss` of those
 statistics with the run's hit and non-hit weights).
 
-**Over every threshold, and denoising.**  The same held-out outputs go through
+**Over every threshold, and denoising.** The same held-out outputs go through
 :func:`acbmse_cli.histograms.detection_stats` and :func:`~acbmse_cli.histograms.detection_curve`, the code
-of ``acbmse eval --detect-curve --input``, so the demo's figures equal that command's on the
-``--save-data`` files.  The grid is eval's default (:func:`detection_grid`): 201 thresholds from the hit
-threshold 0 to the held-out target's largest hit value; it is the ``thresholds`` of the run record.  Over
-it: ``average_precision`` (the step-wise sum ``sum_k (R_k - R_{k-1}) P_k``, thresholds decreasing) and
-``best_f1`` (``threshold``, ``f1``, ``recall``, ``precision`` at the grid threshold of highest F1, the lowest
-on ties).  At the detection threshold: ``signal_retained``, the share of the ``signal_hits`` (the target's
-hits) above it (the recall), and ``noise_removed``, the share of the ``noise_hits`` (hits of the network's
-input that are not hits of the target) at or below it.
+of ``acbmse eval --detect-curve --input``, so the demo's figures equal that command's on the ``--save-data``
+files. The grid is eval's default (:func:`detection_grid`): 201 thresholds from the hit threshold 0 to the
+held-out target's largest hit value rounded up; it is the ``thresholds`` of the run record. Over it:
+``average_precision`` (the step-wise sum ``sum_k (R_k - R_{k-1}) P_k``, thresholds decreasing) and
+``best_f1`` (``threshold``, ``f1``, ``recall``, ``precision`` at the grid threshold of highest F1, the
+lowest on ties). At the detection threshold: ``signal_retained``, the share of the ``signal_hits`` (the
+target's hits) above it (the recall), and ``noise_removed``, the share of the ``noise_hits`` (hits of the
+network's input that are not hits of the target) at or below it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import copy
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from acbmse_cli._checks import as_input_error, check_integer, check_real, check_weight
-from acbmse_cli._files import OutputDir, Writer, as_output_dir, write_files
+from acbmse_cli._files import OutputDir, Writer, as_output_dir, check_destinations, write_files
 from acbmse_cli._loss_names import LOSS_COLORS, LOSS_LABELS, LOSS_NAMES
 from acbmse_cli._provenance import run_record
 from acbmse_cli.errors import InputError
@@ -74,6 +74,7 @@ __all__ = [
     "DemoResult",
     "LossRun",
     "Metric",
+    "check_outputs",
     "default_threads",
     "detection_grid",
     "heldout_metrics",
@@ -679,11 +680,30 @@ def save_outputs(
     return write_files(writers)
 
 
+def check_outputs(
+    options: DemoOptions, *, data_dir: OutputDir | None = None, figure_dir: OutputDir | None = None
+) -> None:
+    """Refuse, before any training, a destination that :func:`save_outputs` could not write (a folder
+    where ``demo.png`` or one of the ``.npy`` files should go, a folder that cannot be written).
+
+    Raises:
+        InputError: naming the destination.
+    """
+    paths = [] if data_dir is None else [data_dir.path / name for name in _data_names(options.losses)]
+    if figure_dir is not None:
+        paths.append(figure_dir.path / FIGURE_FILE)
+    check_destinations(paths)
+
+
+def _data_names(losses: Sequence[str]) -> list[str]:
+    """The ``--save-data`` file names, in the order they are written."""
+    return [INPUT_FILE, TARGET_FILE, *(PREDICTION_FILE.format(loss=name) for name in losses)]
+
+
 def _data_writers(result: DemoResult, directory: Path) -> dict[Path, Writer]:
-    arrays = {INPUT_FILE: result.heldout.input, TARGET_FILE: result.heldout.target}
-    for name, run in result.runs.items():
-        arrays[PREDICTION_FILE.format(loss=name)] = run.predictions
-    return {directory / filename: _npy_writer(array) for filename, array in arrays.items()}
+    arrays = [result.heldout.input, result.heldout.target, *(run.predictions for run in result.runs.values())]
+    names = _data_names(list(result.runs))
+    return {directory / name: _npy_writer(array) for name, array in zip(names, arrays, strict=True)}
 
 
 def _npy_writer(array: np.ndarray) -> Writer:

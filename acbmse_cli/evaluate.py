@@ -168,6 +168,9 @@ class EvalResult:
     denoising: DenoisingResult | None = None
     detection_curve: DetectionCurve | None = None
     figure_stats: ErrorStats | None = field(default=None, repr=False, compare=False)
+    figure_bounds: tuple[float, float] | None = field(default=None, repr=False, compare=False)
+    """The value range of ``figure_stats.calibration`` (both axes); ``None`` where there are no
+    calibration counts (labelled classes, or no figure statistics)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document: ``pred``, ``target``, ``elements``, ``classes``, ``mse``, ``mae`` and
@@ -294,6 +297,7 @@ class EvalOptions:
     Attributes:
         pred_key, target_key: the array of an ``.npz`` (or the entry of a dict in a ``.pt``).
         labels: a file of integer labels in ``[0, K)``, the target's shape.
+        labels_key: the array of a labels ``.npz`` (or the entry of a dict in a ``.pt``).
         class_names: one name per class, in label order.
         per_sample: also find the ``top`` (default 10) samples (dim 0) with the worst ACB-MSE.
         detect_threshold: also count "prediction > threshold" against the true hits.
@@ -303,8 +307,9 @@ class EvalOptions:
         input, input_key: the network's input (the noisy frames, the target's shape): with
             detection, also the noise removed (:class:`DenoisingResult`).
         figure_stats: also count the histograms of the figures (:class:`~acbmse_cli.histograms.ErrorStats`).
-        mask: a file of the target's shape; the elements where it is 0 (False) are left out of
-            everything, as if they were not there (dead pixels, regions of no interest).
+        mask, mask_key: a file of the target's shape (and its array); the elements where it is 0
+            (False) are left out of everything, as if they were not there (dead pixels, regions
+            of no interest).
         nan_policy: ``"raise"``: NaN or Inf in either file is an error that says how many
             and where the first is; ``"omit"``: leave those elements out.
         device: where the arithmetic runs (``"auto"``, ``"cpu"``, ``"cuda:1"``...).
@@ -319,6 +324,7 @@ class EvalOptions:
     pred_key: str | None = None
     target_key: str | None = None
     labels: str | os.PathLike[str] | None = None
+    labels_key: str | None = None
     hit_threshold: float | None = None
     hit_weight: float | None = None
     nonhit_weight: float | None = None
@@ -336,6 +342,7 @@ class EvalOptions:
     input_key: str | None = None
     figure_stats: bool = False
     mask: str | os.PathLike[str] | None = None
+    mask_key: str | None = None
     classes: ClassSpec = field(init=False, repr=False, compare=False)
     torch_device: torch.device = field(init=False, repr=False, compare=False)
 
@@ -357,7 +364,11 @@ class EvalOptions:
         """The version and every option that shaped the numbers (not how the work was chunked)."""
         classes = self.classes
         if classes.labelled:
-            class_options: dict[str, Any] = {"labels": self.labels, "class_weights": classes.weights}
+            class_options: dict[str, Any] = {
+                "labels": self.labels,
+                "labels_key": self.labels_key,
+                "class_weights": classes.weights,
+            }
         else:
             class_options = {
                 "hit_threshold": classes.hit_threshold,
@@ -385,6 +396,7 @@ class EvalOptions:
             record["input_key"] = self.input_key
         if self.mask is not None:
             record["mask"] = os.fspath(self.mask)
+            record["mask_key"] = self.mask_key
         return record
 
     @property
@@ -430,6 +442,8 @@ def _labelled_classes(options: EvalOptions) -> ClassSpec:
 
 
 def _hit_classes(options: EvalOptions) -> ClassSpec:
+    if options.labels_key is not None:
+        raise ValueError("--labels-key needs --labels: it picks the array of a labels .npz or .pt")
     if options.class_weights is not None:
         raise ValueError(
             "--class-weights needs --labels; for hits and non-hits use --hit-weight/--nonhit-weight"
@@ -483,6 +497,8 @@ def _check_detection(options: EvalOptions) -> None:
         )
     if options.input_key is not None and options.input is None:
         raise ValueError("--input-key needs --input")
+    if options.mask_key is not None and options.mask is None:
+        raise ValueError("--mask-key needs --mask")
 
 
 def _check_threshold(option: str, value: object, *, signed: bool) -> float:
@@ -934,6 +950,12 @@ class _Inputs:
         """Elements ``[start, stop)`` of the mask as booleans, True where nonzero (kept)."""
         return None if self.mask is None else self.mask.read(start, stop).to(self.device) != 0
 
+    def verify(self) -> None:
+        """Complete each file's checksum over the bytes the reads left out (see ArraySource.verify)."""
+        for source in (*self.preds, self.target, self.labels, self.noisy, self.mask):
+            if source is not None:
+                source.verify()
+
 
 @contextlib.contextmanager
 def _open_inputs(
@@ -953,9 +975,9 @@ def _open_inputs(
                     f"{p.name} has shape {p.shape} but {t.name} has shape {t.shape}: they must match"
                 )
             ps.append(p)
-        lab = _open_like(files, t, options.labels, None, "--labels", role="labels")
+        lab = _open_like(files, t, options.labels, options.labels_key, "--labels-key", role="labels")
         noisy = _open_like(files, t, options.input, options.input_key, "--input-key", role="values")
-        mask = _open_like(files, t, options.mask, None, "--mask", role="values")
+        mask = _open_like(files, t, options.mask, options.mask_key, "--mask-key", role="values")
         if options.per_sample and not t.shape:
             raise InputError(
                 f"--per-sample needs a batch dimension (dim 0), but {t.name} is a 0-dimensional array"
@@ -977,7 +999,7 @@ def _open_like(
         return None
     source = files.enter_context(open_array(path, key=key, key_option=key_option, role=role))
     if source.shape != target.shape:
-        what = {"--labels": "labels have", "--mask": "the mask has"}.get(key_option, "the input has")
+        what = {"--labels-key": "labels have", "--mask-key": "the mask has"}.get(key_option, "the input has")
         raise InputError(
             f"{source.name}: {what} shape {source.shape} but {target.name} has shape {target.shape}"
         )
@@ -1065,9 +1087,14 @@ def _accumulate(
     first, last = _rank_rows(inputs)
     accumulators = [_Accumulator(options, inputs, plan, p) for p in inputs.preds]
     computers = [_ChunkComputer(options, inputs, plan, p) for p in inputs.preds]
-    ranges = chunk_ranges(inputs.shape, options.chunk, (first, last))
+    ranges = chunk_ranges(inputs.shape, _chunk_elements(options, inputs.row_size), (first, last))
     counter = _Counter(progress, (last - first) * inputs.row_size)
-    _on_every_rank(lambda: _stream(inputs, computers, accumulators, ranges, counter))
+
+    def work() -> None:
+        _stream(inputs, computers, accumulators, ranges, counter)
+        inputs.verify()  # before any result: a checksum that fails makes the whole run an error
+
+    _on_every_rank(work)
     if _distributed.world()[1] == 1:
         return [a.totals for a in accumulators]
     return [a.totals.all_reduce() for a in accumulators]
@@ -1128,6 +1155,15 @@ def _hit_range(inputs: _Inputs, options: EvalOptions) -> tuple[float | None, flo
         )
     low, high = float(extremes[0]), float(extremes[1])
     return (low, high) if math.isfinite(low) else (None, None)
+
+
+def _chunk_elements(options: EvalOptions, row_size: int) -> int:
+    """Elements per chunk, fewer with ``per_sample`` and many classes: a chunk of whole samples holds
+    ``(samples, K)`` statistics, kept to about the chunk's own size whatever K is."""
+    if not options.per_sample:
+        return options.chunk
+    samples = max(1, options.chunk // options.classes.num_classes)
+    return min(options.chunk, samples * max(row_size, 1))
 
 
 def _agree_on_errors(error: str | None) -> str | None:
@@ -1197,6 +1233,7 @@ def evaluate_files(
     pred_key: str | None = None,
     target_key: str | None = None,
     labels: str | os.PathLike[str] | None = None,
+    labels_key: str | None = None,
     hit_threshold: float | None = None,
     hit_weight: float | None = None,
     nonhit_weight: float | None = None,
@@ -1219,6 +1256,7 @@ def evaluate_files(
         pred_key=pred_key,
         target_key=target_key,
         labels=labels,
+        labels_key=labels_key,
         hit_threshold=hit_threshold,
         hit_weight=hit_weight,
         nonhit_weight=nonhit_weight,
@@ -1284,6 +1322,7 @@ def _summarize(
         if totals.curve is None or plan.curve is None
         else detection_curve(totals.curve, plan.curve),
         figure_stats=totals.figures,
+        figure_bounds=None if classes.labelled or totals.figures is None else plan.bounds,
     )
 
 

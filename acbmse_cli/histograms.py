@@ -416,8 +416,10 @@ def _calibration_cell(values: Tensor, bounds: tuple[float, float]) -> Tensor:
 def calibration_bounds(
     hit_threshold: float, smallest_hit: float | None, largest_hit: float | None
 ) -> tuple[float, float]:
-    """The value range of the calibration figure: the target's hit values, or one unit above the
-    hit threshold without hits."""
-    if smallest_hit is None or largest_hit is None or not largest_hit > smallest_hit:
+    """The value range of the calibration figure: from the hit threshold (or the smallest hit, if
+    lower) to the largest hit, so that a hit predicted as a non-hit lands in view, not at the edge;
+    one unit above the hit threshold without hits."""
+    if smallest_hit is None or largest_hit is None:
         return (hit_threshold, hit_threshold + 1.0)
-    return (smallest_hit, largest_hit)
+    low = min(hit_threshold, smallest_hit)
+    return (low, largest_hit) if largest_hit > low else (low, low + 1.0)

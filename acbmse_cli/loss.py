@@ -229,7 +229,7 @@ def acb_mse_loss(
         per_element=per_element,
     )
     if labels is not None:
-        check_label_range(labels, count, len(weights), mask)
+        _check_label_range(labels, count, len(weights), mask, distributed=distributed)
         poison = _out_of_range_poison(count, member.members(), acc)
         terms = terms + (poison.unsqueeze(1) if per_element else poison)
     if per_element:
@@ -254,6 +254,34 @@ def _reduce(losses: Tensor, reduction: Reduction, *, per_sample: bool, distribut
     # the global number of samples, kept on the device (reading it back would sync)
     samples = _distributed.all_reduce(torch.full((), losses.shape[0], dtype=total.dtype, device=total.device))
     return total / samples.clamp(min=1)
+
+
+def _check_label_range(
+    labels: Tensor, count: Tensor, num_classes: int, mask: Tensor | None, *, distributed: bool
+) -> None:
+    """Labels in ``[0, K)`` (those that ``mask`` keeps), decided the same on every rank under ``sync_dist``.
+
+    Alone, the check is :func:`~acbmse_cli.stats.check_label_range`.  Across ranks, a rank that
+    raised alone would leave the others waiting in the loss's next collective (or DDP's), so the
+    number of labels outside the range is summed over the ranks first and every rank raises the
+    same error.  Like the check alone this runs on the CPU only: elsewhere the out-of-range labels
+    show as a NaN loss, which the all-reduced loss carries to every rank.
+    """
+    if not distributed:
+        check_label_range(labels, count, num_classes, mask)
+        return
+    if labels.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    kept = labels.numel() if mask is None else int(mask.sum())
+    outside = kept - int(count.sum())
+    outside_total, bad_ranks = (
+        int(v) for v in _distributed.all_reduce(torch.tensor([outside, int(outside > 0)], dtype=torch.int64))
+    )
+    if outside_total:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) for {num_classes} class_weights, got "
+            f"{outside_total} outside it on {bad_ranks} of {_distributed.world()[1]} ranks (sync_dist)"
+        )
 
 
 def _out_of_range_poison(count: Tensor, members: Tensor | int, dtype: torch.dtype) -> Tensor:

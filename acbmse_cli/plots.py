@@ -6,21 +6,27 @@ half image, and a destination known to be unusable stops the run before any imag
 
 The y axes are logarithmic.  Where a series touches 0 (exact recovery in figure 2, or a zero weight) the
 axis is symmetric-log instead: linear in a narrow band above 0, logarithmic beyond, so a zero is drawn at
-the bottom of the axis rather than silently dropped.
+the bottom of the axis rather than silently dropped.  PDF files embed their fonts as TrueType
+(:func:`acbmse_cli._figures.figure_settings`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal
+from typing import TYPE_CHECKING
 
 from acbmse_cli._checks import as_input_error, check_choice
-from acbmse_cli._files import OutputDir, Writer, as_output_dir, write_files
+from acbmse_cli._figures import (
+    IMAGE_FORMATS,
+    ImageFormat,
+    figure_settings,
+    image_writer,
+    quiet_parser_deprecations,
+)
+from acbmse_cli._files import OutputDir, as_output_dir, write_files
 from acbmse_cli._loss_names import LOSS_COLORS, LOSS_LABELS
 from acbmse_cli.curves import X_LABELS, Curves, Sweep
 
@@ -28,10 +34,15 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["IMAGE_FORMATS", "IMAGE_NAMES", "ImageFormat", "draw_figures", "write_figures"]
+__all__ = [
+    "IMAGE_FORMATS",
+    "IMAGE_NAMES",
+    "ImageFormat",
+    "draw_figures",
+    "quiet_parser_deprecations",
+    "write_figures",
+]
 
-ImageFormat = Literal["png", "svg", "pdf"]
-IMAGE_FORMATS: tuple[str, ...] = ("png", "svg", "pdf")
 #: File stem of each figure, in the order of :meth:`Curves.sweeps`.
 IMAGE_NAMES: tuple[str, ...] = ("loss_curve_1", "loss_curve_2", "loss_curve_3")
 
@@ -41,13 +52,6 @@ _STYLE: dict[str, dict[str, object]] = {
     "mse": {"label": LOSS_LABELS["mse"], "color": LOSS_COLORS["mse"], "linestyle": "-"},
     "acb_mse": {"label": LOSS_LABELS["acb_mse"], "color": LOSS_COLORS["acb_mse"], "linestyle": "--"},
 }
-# No timestamps or version strings in the files: the same options give the same bytes.
-_METADATA: dict[str, dict[str, str | None]] = {
-    "png": {"Software": None},
-    "svg": {"Date": None, "Creator": None},
-    "pdf": {"CreationDate": None, "Creator": None, "Producer": None},
-}
-_DPI = 150
 _LEFT, _RIGHT = 0.13, 0.975
 
 
@@ -228,36 +232,13 @@ def write_figures(
     with as_input_error():
         check_choice("--image-format", image_format, IMAGE_FORMATS)
     folder = as_output_dir(out, option="--out")
-    import matplotlib
-
     writers = {
-        folder.path / f"{name}.{image_format}": _image_writer(curves, draw, image_format)
+        folder.path / f"{name}.{image_format}": image_writer(_bound(draw, curves), image_format)
         for name, draw in zip(IMAGE_NAMES, _FIGURES, strict=True)
     }
-    with matplotlib.rc_context({"svg.hashsalt": "acbmse-curves"}):
+    with figure_settings("acbmse-curves"):
         return write_files(writers, context=f"{folder.option} {folder}")
 
 
-def _image_writer(curves: Curves, draw: Callable[[Curves], Figure], image_format: str) -> Writer:
-    """A writer that draws one figure and saves it in ``image_format``."""
-
-    def write(stream: BinaryIO) -> None:
-        with quiet_parser_deprecations():
-            draw(curves).savefig(stream, format=image_format, dpi=_DPI, metadata=_METADATA[image_format])
-
-    return write
-
-
-@contextlib.contextmanager
-def quiet_parser_deprecations() -> Iterator[None]:
-    """Silence the deprecation warnings that matplotlib releases before 3.11 raise from the text
-    parser they use (pyparsing 3.3 renamed its API): they say nothing about the figure, and
-    would reach the user's terminal as noise."""
-    with warnings.catch_warnings():
-        try:
-            from pyparsing.warnings import PyparsingDeprecationWarning
-        except ImportError:  # a pyparsing without the warning: nothing to silence
-            pass
-        else:
-            warnings.simplefilter("ignore", PyparsingDeprecationWarning)
-        yield
+def _bound(draw: Callable[[Curves], Figure], curves: Curves) -> Callable[[], Figure]:
+    return lambda: draw(curves)

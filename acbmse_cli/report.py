@@ -46,15 +46,28 @@ CSV_COLUMNS = (
 OVERALL = "overall"
 
 
-def _json_safe(value: Any) -> Any:
-    """Replace the non-finite floats (an overflowed sum) by None: JSON has no Infinity."""
+def _json_safe(value: Any, path: str = "", found: list[str] | None = None) -> Any:
+    """Replace the non-finite floats (an overflowed sum) by None, JSON having no Infinity; the
+    path of each (``acb_mse``, ``classes[1].mse``) is added to ``found``."""
     if isinstance(value, float) and not math.isfinite(value):
+        if found is not None:
+            found.append(path)
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: _json_safe(v, f"{path}.{k}" if path else k, found) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [_json_safe(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
     return value
+
+
+def _report_doc(result: EvalResult) -> dict[str, Any]:
+    """One prediction's JSON document; a value that overflowed to infinity (or is NaN) is ``null``
+    like an empty class's statistics, and its path is listed under ``non_finite`` to tell them apart."""
+    found: list[str] = []
+    doc: dict[str, Any] = _json_safe(result.to_dict(), found=found)
+    if found:
+        doc["non_finite"] = found
+    return doc
 
 
 #: The precisions at which the table tells the highest recall of the curve.
@@ -70,8 +83,11 @@ def render_json(results: EvalResult | EvalComparison) -> str:
     """The JSON document, with a final newline: :meth:`EvalResult.to_dict` for one prediction,
     :meth:`EvalComparison.to_dict` for several."""
     reports = _reports(results)
-    doc = reports[0].to_dict() if len(reports) == 1 else results.to_dict()
-    return json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n"
+    if len(reports) == 1:
+        doc = _report_doc(reports[0])
+    else:
+        doc = {"target": reports[0].target, "reports": [_report_doc(r) for r in reports]}
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
 def _cell(value: object) -> str:
@@ -304,8 +320,11 @@ def _rich_table(
     from rich.table import Table
     from rich.text import Text
 
-    # Paths and class names are the user's text, never markup: "[/a]" must print as "[/a]".
-    table = Table(title=None if title is None else Text(title), title_justify="left")
+    from acbmse_cli._streams import printable
+
+    # Paths and class names are the user's text, never markup: "[/a]" must print as "[/a]"; and a
+    # path's control characters are escaped, so that a file name cannot drive the terminal.
+    table = Table(title=None if title is None else Text(printable(title)), title_justify="left")
     for i, column in enumerate(columns):
         width = None if widths is None else widths[i]
         table.add_column(

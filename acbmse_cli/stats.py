@@ -452,10 +452,12 @@ def class_stats(
     An element where ``mask`` is False is in no class.
 
     The sums are differentiable with respect to ``input`` and ``target``; the
-    class membership is not (it is piecewise constant).  Without autograd
-    (evaluation) all sums come from one matrix product and one flag per call
-    is read back, to fall back to masking when a sum is not finite; with
-    ``host_sync=False`` nothing is read back and the sums come from masking.
+    class membership is not (it is piecewise constant).  Labelled classes are
+    summed by index, in memory that does not grow with their number.  For the
+    two default classes without autograd (evaluation) all sums come from one
+    matrix product and one flag per call is read back, to fall back to masking
+    when a sum is not finite; with ``host_sync=False`` nothing is read back and
+    the two default classes are summed by masking.
 
     Args:
         input: the prediction :math:`\hat y`.
@@ -486,8 +488,12 @@ def class_stats(
         num_classes=num_classes or 2,
         mask=None if mask is None else mask.reshape(groups, width),
     )
+    stats: ClassStats | None = None
     differentiable = torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)
-    stats = None if differentiable or not host_sync else _stats_by_matmul(x, y, member, acc)
+    if member.labelled:  # K classes: sums by index, in memory that does not grow with K
+        stats = _stats_by_index(x.to(acc), y.to(acc), member, extended=extended)
+    elif host_sync and not differentiable:
+        stats = _stats_by_matmul(x, y, member, acc)
     if stats is None:
         stats = _stats_by_masks(x.to(acc), y.to(acc), member, extended=extended)
     if labels is not None:
@@ -523,8 +529,10 @@ def _stats_by_matmul(x: Tensor, y: Tensor, member: Membership, acc: torch.dtype)
     0/1 class-membership matrix gives all ``4 K`` sums of each group in a single pass; the
     products with 1 and 0 are exact, so this is the same sum as masking, in another order.
     Except for a non-finite value, whose product with 0 is NaN in every class: then None
-    (one host sync), and the caller masks instead.
+    (one host sync), and the caller masks instead.  The two default classes only: the membership
+    matrix grows with K (labelled classes are summed by :func:`_stats_by_index`).
     """
+    assert not member.labelled
     groups, width = x.shape
     values = torch.empty(groups, 4, width, dtype=acc, device=x.device)
     xs, ys, err, sq = values[:, 3], values[:, 2], values[:, 1], values[:, 0]
@@ -532,15 +540,10 @@ def _stats_by_matmul(x: Tensor, y: Tensor, member: Membership, acc: torch.dtype)
     ys.copy_(y)
     torch.sub(xs, ys, out=err).abs_()
     torch.mul(err, err, out=sq)
-    indicators = torch.empty(groups, member.num_classes, width, dtype=acc, device=x.device)
-    if member.labels is None:
-        # the target's copy in ``values`` is in the accumulation dtype already
-        hit = member.with_target(ys).hit(acc, out=indicators[:, 1])
-        member.non_hit(hit, out=indicators[:, 0])
-    else:
-        labels = member.float_labels(acc)
-        for c in range(member.num_classes):
-            torch.eq(labels, c, out=indicators[:, c])
+    indicators = torch.empty(groups, 2, width, dtype=acc, device=x.device)
+    # the target's copy in ``values`` is in the accumulation dtype already
+    hit = member.with_target(ys).hit(acc, out=indicators[:, 1])
+    member.non_hit(hit, out=indicators[:, 0])
     for row in range(values.shape[1]):  # a NaN left out must not reach the product (NaN * 0 is NaN)
         member.keep_(values[:, row])
     sums = torch.bmm(indicators, values.transpose(1, 2))  # (S, K, 4): this orientation runs faster
@@ -563,12 +566,49 @@ def _stats_by_matmul(x: Tensor, y: Tensor, member: Membership, acc: torch.dtype)
     )
 
 
+def _stats_by_index(x: Tensor, y: Tensor, member: Membership, *, extended: bool = True) -> ClassStats:
+    """The statistics of ``(S, M)`` views of labelled classes (``count`` and ``sse`` only unless
+    ``extended``), summed by class index.
+
+    Each element's values are added to its own class's entry (``scatter_add``; the largest error by
+    ``scatter_reduce``), so the temporaries are a few ``(S, M)`` buffers and the result ``(S, K)``
+    whatever the number of classes K, and a NaN or Inf stays in its class.  A label outside
+    ``[0, K)``, or one that the mask leaves out, goes to a spare entry that is dropped: it is
+    counted in no class.  Differentiable.
+    """
+    assert member.labels is not None
+    groups, k = x.shape[0], member.num_classes
+    labels = member.labels.to(torch.int64)
+    valid = (labels >= 0) & (labels < k)
+    index = torch.where(valid if member.mask is None else valid & member.mask, labels, k)
+
+    def by_class(values: Tensor, reduce: str = "sum") -> Tensor:
+        start = torch.zeros(groups, k + 1, dtype=values.dtype, device=values.device)
+        if reduce == "sum":
+            return start.scatter_add(1, index, values)[:, :k]
+        return start.scatter_reduce(1, index, values, "amax")[:, :k]  # errors are >= 0: an empty class is 0
+
+    diff = member.masked(x - y)  # 0 where left out: a NaN there gives no NaN gradient
+    count, sse = by_class(torch.ones_like(index)), by_class(diff * diff)
+    if not extended:
+        return ClassStats(count=count, sse=sse)
+    err = diff.abs()
+    return ClassStats(
+        count=count,
+        sse=sse,
+        sae=by_class(err),
+        max_abs_error=by_class(err, "amax"),
+        sum_target=by_class(y),
+        sum_input=by_class(x),
+    )
+
+
 def _stats_by_masks(x: Tensor, y: Tensor, member: Membership, *, extended: bool = True) -> ClassStats:
     """The statistics by boolean masking (``count`` and ``sse`` only unless ``extended``): slower,
     differentiable, no host sync, and an Inf in one class cannot spill into another (``Inf * 0``
     is NaN; a masked-out element is never touched)."""
     masks = member.masks()
-    diff = x - y
+    diff = member.masked(x - y)  # 0 where left out: a NaN there gives no NaN gradient
     count = torch.stack([count_members(m) for m in masks], dim=1)
     if not extended:
         square = diff * diff

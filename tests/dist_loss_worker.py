@@ -1,6 +1,8 @@
 """One rank of the sync_dist test: started by tests/test_loss_distributed.py, not collected by pytest.
 
-Usage: python dist_loss_worker.py OUT_DIR  (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment)
+Usage: python dist_loss_worker.py OUT_DIR [bad-label]  (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the
+environment).  With ``bad-label``, rank 1 alone holds a label outside the classes: every rank records the
+error it raised, then computes one valid loss, which completes only if the ranks' collectives still pair.
 """
 
 from __future__ import annotations
@@ -47,11 +49,12 @@ def global_mask() -> torch.Tensor:
     return keep
 
 
-def options_for(name: str, labels: torch.Tensor, mask: torch.Tensor) -> dict[str, object]:
+def options_for(name: str, labels: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, object]:
     options = dict(CASES[name])
     if options.get("labels") is True:
         options["labels"] = labels
     if options.get("mask") is True:
+        assert mask is not None
         options["mask"] = mask
     return options
 
@@ -80,5 +83,35 @@ def main(out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+BAD_LABEL_CASES = ("labels", "labels_per_sample")
+
+
+def main_bad_label(out_dir: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    pred, target, labels = global_batch()
+    start = sum(SPLIT[:rank])
+    local = slice(start, start + SPLIT[rank])
+    bad = labels[local].clone()
+    if rank == 1:
+        bad[0, 0, 0, 0] = 3  # one label past the three classes, on this rank only
+    results: dict[str, object] = {}
+    for name in BAD_LABEL_CASES:
+        options = options_for(name, bad)
+        try:
+            acb_mse_loss(pred[local], target[local], sync_dist=True, **options)  # type: ignore[arg-type]
+        except ValueError as exc:
+            results[name] = str(exc)
+        else:
+            results[name] = None
+    valid = options_for("labels", labels[local])
+    results["after"] = acb_mse_loss(pred[local], target[local], sync_dist=True, **valid)  # type: ignore[arg-type]
+    torch.save(results, os.path.join(out_dir, f"bad{rank}.pt"))
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[2:] == ["bad-label"]:
+        main_bad_label(sys.argv[1])
+    else:
+        main(sys.argv[1])

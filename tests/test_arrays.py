@@ -9,13 +9,18 @@ import math
 import os
 import pickle
 import struct
+import tempfile
+import unittest.mock
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from acbmse_cli import arrays
 from acbmse_cli.arrays import _slab_index, chunk_ranges, open_array
 from acbmse_cli.errors import InputError
 
@@ -137,6 +142,44 @@ def test_pt_tensors(tmp_path: Path, dtype: torch.dtype) -> None:
         np.testing.assert_array_equal(_read_all(tmp_path / "dict2.pt", chunk, key="y"), (tensor * 2).double())
 
 
+@st.composite
+def strided_cases(draw: st.DrawFn) -> tuple[str, torch.Tensor, int, dict[str, int]]:
+    """A Fortran-ordered array, or a tensor that is a strided view (steps, a permutation, a size-1 axis),
+    with a chunk size, and bands and gather reads of a few bytes (so that a small file has many)."""
+    kind = draw(st.sampled_from(["npy-F", "npz-F", "pt"]))
+    shape = tuple(draw(st.lists(st.integers(1, 6), min_size=0, max_size=4)))
+    steps = tuple(draw(st.integers(1, 3)) for _ in shape)
+    base = torch.arange(math.prod(n * k for n, k in zip(shape, steps, strict=True)), dtype=torch.float64)
+    tensor = base.reshape([n * k for n, k in zip(shape, steps, strict=True)])
+    tensor = tensor[tuple(slice(None, None, k) for k in steps)] if shape else tensor
+    tensor = tensor.permute(*draw(st.permutations(range(len(shape))))) if shape else tensor
+    limits = {
+        "_BAND_BYTES": draw(st.sampled_from([8, 64, 400, 1 << 25])),
+        "_GATHER_BLOCK": draw(st.sampled_from([8, 40, 256, 1 << 22])),
+        "_GATHER_GAP": draw(st.sampled_from([0, 8, 64, 1 << 14])),
+    }
+    return kind, tensor, draw(st.integers(1, 50)), limits
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=strided_cases())
+def test_strided_layouts_read_back_exactly(case: tuple[str, torch.Tensor, int, dict[str, int]]) -> None:
+    kind, tensor, chunk, limits = case
+    reference = tensor.numpy().copy()  # C order, float64
+    with tempfile.TemporaryDirectory() as directory, unittest.mock.patch.multiple(arrays, **limits):
+        path = Path(directory) / ("a.pt" if kind == "pt" else f"a.{kind[:3]}")
+        if kind == "pt":
+            torch.save(tensor, path)
+        else:
+            (np.save if kind == "npy-F" else np.savez)(path, np.asfortranarray(reference))
+        with open_array(path) as source:
+            got = [source.read(a, b).numpy().copy() for a, b in chunk_ranges(source.shape, chunk)]
+            again = source.read(*next(chunk_ranges(source.shape, chunk)))  # back to the start
+            source.verify()
+    np.testing.assert_array_equal(np.concatenate(got).reshape(reference.shape), reference)
+    np.testing.assert_array_equal(again.numpy(), got[0])
+
+
 def test_legacy_pt_format(tmp_path: Path) -> None:
     tensor = torch.arange(12.0).reshape(3, 4)
     torch.save(tensor, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
@@ -171,8 +214,8 @@ def test_reads_only_the_bytes_of_the_range(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(os, "preadv", spy)
     for name in ("a.npy", "a.npz"):
-        reads.clear()
         with open_array(tmp_path / name) as source:
+            reads.clear()  # opening reads the header
             chunk = source.read(100, 200)
             np.testing.assert_array_equal(chunk.numpy(), data[100:200])
             assert len(reads) == 1 and reads[0][1] == 100 * 4

@@ -341,6 +341,7 @@ def _check_format(data: bytes, image_format: str) -> None:
     else:
         assert data.startswith(b"%PDF-")
         assert data.rstrip().endswith(b"%%EOF")
+        assert b"/Subtype /Type3" not in data and b"/FontFile2" in data  # TrueType: journals refuse Type 3
 
 
 @pytest.mark.parametrize("image_format", ["png", "svg", "pdf"])

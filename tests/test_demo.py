@@ -105,9 +105,15 @@ def reference_metrics(pred: np.ndarray, target: np.ndarray, threshold: float, a:
 
 
 def reference_grid(target: np.ndarray) -> np.ndarray:
-    """The demo's grid: 201 evenly spaced thresholds from 0 to the target's largest hit value."""
+    """The demo's grid: 201 evenly spaced thresholds from 0 to the target's largest hit value,
+    rounded up to the next of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 times a power of ten."""
     hits = target[np.abs(target) > 0].astype(np.float64)
-    return np.linspace(0.0, hits.max() if hits.size else 1.0, 201)
+    largest = hits.max() if hits.size else 1.0
+    power = 10.0 ** np.floor(np.log10(largest))
+    stop = min(
+        m * power for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10) if m * power >= largest * (1 - 1e-15)
+    )
+    return np.linspace(0.0, stop, 201)
 
 
 def reference_detection(

@@ -307,3 +307,26 @@ def test_best_f1_takes_the_lowest_of_tied_thresholds(tmp_path: Path) -> None:
     options = EvalOptions(detect_curve=True, thresholds="1,10,20,30,50")
     best = evaluate(tmp_path / "p.npy", tmp_path / "t.npy", options).to_dict()["detection_curve"]["best_f1"]
     assert best == {"threshold": 10.0, "f1": 1.0, "recall": 1.0, "precision": 1.0}
+
+
+@pytest.mark.parametrize("which", ["second prediction", "input"])
+def test_a_corrupt_second_prediction_or_input_is_an_error_and_no_report(
+    files: dict[str, Path], tmp_path: Path, which: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    values = np.load(files["poor"] if which == "second prediction" else files["noisy"])
+    marker = np.float32(12345.678)
+    values.reshape(-1)[17] = marker
+    corrupt = tmp_path / "corrupt.npz"
+    np.savez(corrupt, x=values)  # stored, not compressed: only the CRC-32 tells the flip
+    raw = bytearray(corrupt.read_bytes())
+    at = raw.find(marker.tobytes())
+    raw[at] ^= 0x01
+    corrupt.write_bytes(bytes(raw))
+    if which == "second prediction":
+        args = ["eval", files["good"], corrupt, files["target"]]
+    else:
+        args = ["eval", files["good"], files["target"], "--detect-curve", "--input", corrupt]
+    for output in ("table", "json"):
+        code, out, err = cli([*args, "--format", output, "--device", "cpu"], capsys)
+        assert code == 2 and out == ""
+        assert "corrupt.npz" in err and "CRC-32" in err

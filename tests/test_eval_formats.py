@@ -198,3 +198,35 @@ def test_table(
         assert_printed(row[1], ref["acb_mse"])
         for cell, mse in zip(row[2:], ref["class_mse"].values(), strict=True):
             assert_printed(cell, mse)
+
+
+def test_json_tells_an_overflow_from_an_empty_class(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from acbmse_cli.cli import main
+
+    target = np.array([[0.0, 0.0, 50.0, 60.0]])
+    pred = np.array([[1.0, 0.0, 1e200, 70.0]])  # a finite error whose square overflows float64
+    np.save(tmp_path / "p.npy", pred)
+    np.save(tmp_path / "t.npy", target)
+    np.save(tmp_path / "blank.npy", np.zeros_like(target))
+
+    def doc(*args: object) -> dict:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["eval", *map(str, args), "--format", "json", "--device", "cpu"])
+        out, err = capsys.readouterr()
+        assert exit_info.value.code == 0, err
+        return json.loads(out)
+
+    overflow = doc(tmp_path / "p.npy", tmp_path / "t.npy")
+    assert overflow["acb_mse"] is None and overflow["classes"][1]["mse"] is None
+    assert overflow["classes"][1]["max_abs_error"] == pytest.approx(1e200)  # finite, so kept
+    assert sorted(overflow["non_finite"]) == [
+        "acb_mse", "classes[1].contribution", "classes[1].mse", "classes[1].rmse", "mse",
+    ]  # fmt: skip
+    empty = doc(tmp_path / "t.npy", tmp_path / "blank.npy")
+    assert (
+        empty["classes"][1]["mse"] is None and "non_finite" not in empty
+    )  # null: no hits, nothing overflowed

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_loss_worker import CASES, SPLIT, global_batch, global_mask, options_for
+from dist_loss_worker import BAD_LABEL_CASES, CASES, SPLIT, global_batch, global_mask, options_for
 
 from acbmse_cli import ACBMSELoss, acb_mse_loss
 
@@ -23,9 +23,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    out = tmp_path_factory.mktemp("dist")
+def run_ranks(out: Path, *mode: str, timeout: float = 300) -> None:
+    """Start the worker on every rank and wait for all of them; a rank left waiting fails the test."""
     port = free_port()
     world = len(SPLIT)
     procs = []
@@ -40,17 +39,43 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
         )
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(WORKER), str(out)],
+                [sys.executable, str(WORKER), str(out), *mode],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
             )
         )
-    for proc in procs:
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output
-    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(world)]
+    try:
+        for proc in procs:
+            output, _ = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, output
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out = tmp_path_factory.mktemp("dist")
+    run_ranks(out)
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(len(SPLIT))]
+
+
+def test_a_bad_label_on_one_rank_is_the_same_error_on_every_rank(tmp_path: Path) -> None:
+    run_ranks(tmp_path, "bad-label", timeout=120)  # a rank left waiting in a collective times out here
+    results = [torch.load(tmp_path / f"bad{rank}.pt", weights_only=True) for rank in range(len(SPLIT))]
+    pred, target, labels = global_batch()
+    expected = acb_mse_loss(pred, target, **options_for("labels", labels))  # type: ignore[arg-type]
+    for name in BAD_LABEL_CASES:
+        messages = {r[name] for r in results}
+        assert len(messages) == 1, messages
+        (message,) = messages
+        assert message is not None and "labels must lie in [0, 3)" in message and "1 of 2 ranks" in message
+    for result in results:  # the collectives still pair: the next loss is the global one on every rank
+        torch.testing.assert_close(result["after"], expected, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -450,3 +450,25 @@ def test_an_invalid_mask_is_an_error_naming_mask(mask, message):
         acb_mse_loss(torch.zeros(2, 3), torch.zeros(2, 3), mask=mask)
     with pytest.raises(ValueError, match=message):
         class_stats(torch.zeros(2, 3), torch.zeros(2, 3), mask=mask)
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_class_stats_gradient_is_zero_and_finite_where_the_mask_leaves_out(labelled):
+    rng = np.random.default_rng(8)
+    pred, target, keep = sparse_data(rng, (4, 9))
+    pred, target = poisoned(rng, pred, keep), poisoned(rng, target, keep)
+    labels = rng.integers(0, 3, size=pred.shape) if labelled else None
+    x = torch.tensor(pred, requires_grad=True)
+    stats = class_stats(
+        x,
+        torch.tensor(target),
+        labels=None if labels is None else torch.tensor(labels),
+        num_classes=3 if labelled else None,
+        mask=torch.tensor(keep),
+        extended=True,
+    )
+    (stats.sse.sum() + stats.sae.sum() + stats.sum_input.sum()).backward()
+    d = np.where(keep, pred, 0.0) - np.where(keep, target, 0.0)
+    expected = np.where(keep, 2 * d + np.sign(d) + 1.0, 0.0)  # d/dx of d^2 + |d| + x, kept elements only
+    np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-12)
+    assert int(stats.count.sum()) == int(keep.sum())
