@@ -151,3 +151,27 @@ def test_the_default_curve_grid_ignores_a_hot_pixel_under_the_mask(tmp_path):
     ]
     assert curves[1]["detection_curve"]["threshold"][-1] < 100
     assert_close(curves[1]["detection_curve"], curves[0]["detection_curve"], rel=0, abs_=0)
+
+
+def test_cli_mask_key_picks_the_array_of_an_npz(tmp_path, capsys):
+    pred, target, keep = data(seed=6)
+    paths = write(tmp_path, p=pred, t=target)
+    np.savez(tmp_path / "masks.npz", other=np.ones(keep.shape, dtype=bool), alive=keep)
+    expected = reference_report(pred[keep], target[keep], paths=(paths["p"], paths["t"]))
+    args = [
+        "eval",
+        str(paths["p"]),
+        str(paths["t"]),
+        "--mask",
+        str(tmp_path / "masks.npz"),
+        "--format",
+        "json",
+    ]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--mask-key", "alive"])
+    out, err = capsys.readouterr()
+    assert done.value.code == 0, err
+    assert_close(json.loads(out), {**expected, "masked": int((~keep).sum())})
+    with pytest.raises(SystemExit) as done:
+        main(["eval", str(paths["p"]), str(paths["t"]), "--mask-key", "alive"])
+    assert done.value.code == 2 and "--mask-key needs --mask" in capsys.readouterr().err
