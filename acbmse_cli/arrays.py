@@ -25,6 +25,8 @@ kill the process with SIGBUS.
   are then read from the file like a ``.npy``'s.  A tensor that declares more than
   :data:`MAX_ELEMENTS_PER_STORED` times as many elements as its storage holds (an
   expanded view) is refused.  The legacy (pre-zip) format is loaded into memory.
+- HDF5 files (``.h5``, ``.hdf5``) are read through h5py (the ``hdf5`` extra), imported only
+  for them, in bands of samples aligned to the dataset's chunks (:mod:`acbmse_cli._hdf5`).
 
 Every stored ``.npz`` member, and every ``.pt`` storage record that has one, has its
 CRC-32 checked: folded in as the chunks are read in order, and completed by
@@ -81,6 +83,7 @@ MAX_ELEMENTS_PER_STORED = 16
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _MAX_HEADER = 1 << 20
 _STREAM_BLOCK = 1 << 24
 _GATHER_BLOCK = 1 << 22  # the most bytes one positional read of a strided gather takes
@@ -1134,12 +1137,14 @@ def open_array(path: str | os.PathLike[str], *, key: str | None = None, role: Ro
     """Check an array file and open it for chunked reading.
 
     The format comes from the file's content, not its name: a NumPy header
-    means ``.npy``; a zip archive of ``.npy`` members means ``.npz``; anything
-    else is handed to PyTorch's weights-only loader as a ``.pt`` file.
+    means ``.npy``; a zip archive of ``.npy`` members means ``.npz``; the HDF5
+    signature (or the name ``*.h5`` / ``*.hdf5``) means HDF5; anything else is
+    handed to PyTorch's weights-only loader as a ``.pt`` file.
 
     Args:
         path: the file.
-        key: which array of an ``.npz`` archive (or of a dict in a ``.pt`` file).
+        key: which array of an ``.npz`` archive (or of a dict in a ``.pt`` file), or the
+            path of an HDF5 dataset (``/frames/pred``).
         role: ``"values"`` accepts bool, integer and float16/32/64 (and
             bfloat16 in ``.pt``); ``"labels"`` accepts integers only.
         key_option: how the user picks a key, for the message when one is needed.
@@ -1156,8 +1161,12 @@ def open_array(path: str | os.PathLike[str], *, key: str | None = None, role: Ro
         return _open_npy(path, path, role)
     if lead.startswith(_ZIP_MAGIC) and not _is_torch_archive(path, path):
         return _open_npz(path, path, key, key_option, role)
+    if lead.startswith(_HDF5_MAGIC) or path.lower().endswith((".h5", ".hdf5")):
+        from acbmse_cli._hdf5 import open_hdf5
+
+        return open_hdf5(path, key, key_option, role)
     if not (lead.startswith(_ZIP_MAGIC) or lead[:1] == b"\x80"):  # neither a zip nor a pickle
-        raise InputError(f"{path}: not an array file (need .npy, .npz or .pt)")
+        raise InputError(f"{path}: not an array file (need .npy, .npz, .pt or .h5)")
     return _open_pt(path, path, key, key_option, role, archive=lead.startswith(_ZIP_MAGIC))
 
 
