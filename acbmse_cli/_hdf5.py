@@ -31,8 +31,8 @@ from acbmse_cli.errors import InputError
 if TYPE_CHECKING:
     import torch
 
-_MAX_CHUNK_ROW_BYTES = 256 << 20  # a band may grow to one chunk-row up to this size
-_CHUNK_CACHE_BYTES = 64 << 20  # HDF5's chunk cache per dataset, for slabs inside a sample
+_MAX_CHUNK_ROW_BYTES = 64 << 20  # a band may grow to one chunk-row up to this size
+_CHUNK_CACHE_BYTES = 16 << 20  # HDF5's chunk cache per dataset, for slabs inside a sample
 _MAX_LISTED = 20  # datasets named when a key is missing or wrong
 _MAX_LINK_DEPTH = 16  # soft links followed in a row before a path is taken to loop
 

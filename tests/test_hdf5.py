@@ -95,13 +95,15 @@ def test_reads_equal_the_array(tmp_path: Path, layout: dict[str, Any], dtype: st
     chunk_rows=st.integers(1, 7),
     chunk=st.integers(1, 80),
     band_bytes=st.sampled_from([8, 64, 300, 1 << 20]),
+    max_chunk_row=st.sampled_from([8, 1 << 20]),
     compressed=st.booleans(),
 )
 def test_bands_follow_the_chunks(
-    shape: tuple[int, ...], chunk_rows: int, chunk: int, band_bytes: int, compressed: bool
+    shape: tuple[int, ...], chunk_rows: int, chunk: int, band_bytes: int, max_chunk_row: int, compressed: bool
 ) -> None:
     """Whatever the band size and the chunking, every read covers whole chunk-rows of samples (or,
-    for a sample larger than a band, one slab inside it), and the values come out in C order."""
+    where a chunk-row is too large, whole samples, or for a sample larger than a band one slab
+    inside it), and the values come out in C order."""
     array = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
     chunks = (min(chunk_rows, shape[0]), *shape[1:])
     reads: list[tuple[Any, ...]] = []
@@ -113,19 +115,22 @@ def test_bands_follow_the_chunks(
 
     with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as mp:
         mp.setattr(_hdf5, "_BAND_BYTES", band_bytes)
+        mp.setattr(_hdf5, "_MAX_CHUNK_ROW_BYTES", max_chunk_row)
         mp.setattr(_hdf5._Hdf5Source, "_read", spy)
         path = Path(folder) / "a.h5"
         with h5py.File(path, "w") as f:
             f.create_dataset("x", data=array, chunks=chunks, compression="gzip" if compressed else None)
         got = read_all(path, None, chunk)
     np.testing.assert_array_equal(got, array.ravel())
+    aligned = array[: chunks[0]].nbytes <= max_chunk_row
     for index in reads:
         first = index[0]
         if isinstance(first, slice) and len(index) == 1:
-            assert first.start % chunks[0] == 0, (index, chunks)
-            assert first.stop % chunks[0] == 0 or first.stop == shape[0], (index, chunks)
-        else:  # one slab of a sample larger than a band
-            assert array[0].nbytes > band_bytes, (index, band_bytes)
+            rows = chunks[0] if aligned else 1
+            assert first.start % rows == 0, (index, chunks)
+            assert first.stop % rows == 0 or first.stop == shape[0], (index, chunks)
+        else:  # one slab of a sample larger than a band, in a chunk-row too large to read whole
+            assert array[0].nbytes > band_bytes and not aligned, (index, band_bytes)
 
 
 def test_a_large_dataset_is_never_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,6 +149,27 @@ def test_a_large_dataset_is_never_read_whole(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(_hdf5._Hdf5Source, "_read", spy)
     np.testing.assert_array_equal(read_all(tmp_path / "a.h5", None, 100), array.ravel())
     assert reads == [8 * 100] * 8
+
+
+def test_a_sample_larger_than_a_band_is_read_in_slabs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    array = np.random.default_rng(2).normal(size=(3, 20, 30)).astype(np.float32)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("x", data=array, chunks=(1, 8, 8), compression="gzip")
+    monkeypatch.setattr(_hdf5, "_BAND_BYTES", 1000)
+    monkeypatch.setattr(_hdf5, "_MAX_CHUNK_ROW_BYTES", 1000)
+    reads: list[tuple[Any, ...]] = []
+    original = _hdf5._Hdf5Source._read
+
+    def spy(self: Any, index: tuple[Any, ...]) -> np.ndarray:
+        reads.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(_hdf5._Hdf5Source, "_read", spy)
+    np.testing.assert_array_equal(read_all(tmp_path / "a.h5", None, 90), array.ravel())
+    assert reads[:2] == [(0, slice(0, 3)), (0, slice(3, 6))]
+    assert len(reads) == 3 * 7
 
 
 def test_scalar_and_labels(tmp_path: Path) -> None:
@@ -185,6 +211,14 @@ def test_eval_h5_equals_npy_and_the_reference(
     expected = reference_report(pred, target, weights=(1, 2, 3), labels=labels, paths=("run.h5", "run.h5"))
     assert_close(got, expected)
     assert got["classes"] == npy["classes"] and got["acb_mse"] == npy["acb_mse"]
+    keep = np.random.default_rng(6).random(pred.shape) < 0.8
+    with h5py.File("mask.h5", "w") as f:
+        f.create_dataset("dead/pixels", data=keep, chunks=(3, 6, 5), compression="gzip")
+        f["other"] = np.zeros(3)
+    got = eval_json(["run.h5", "run.h5", *keys, "--mask", "mask.h5", "--mask-key", "/dead/pixels"], capsys)
+    expected = reference_report(pred[keep], target[keep], paths=("run.h5", "run.h5"))
+    assert got["masked"] == int((~keep).sum())
+    assert_close({k: v for k, v in got.items() if k != "masked"}, expected)
 
 
 def test_one_dataset_needs_no_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
