@@ -155,26 +155,37 @@ def eval_command(
         list[str],
         typer.Argument(
             metavar="PRED... TARGET",
-            help="One or more prediction files, then the ground truth: .npy, .npz or .pt (a tensor, or a "
-            "dict of them), all of the same shape.",
+            help="One or more prediction files, then the ground truth: .npy, .npz, .pt (a tensor, or a "
+            "dict of them) or .h5, all of the same shape.",
             show_default=False,
         ),
     ],
     pred_key: Annotated[
         str | None,
-        typer.Option(help="Which array of a PRED .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
+        typer.Option(
+            help="Which array of a PRED .npz, entry of a .pt dict or .h5 dataset path.", rich_help_panel=INPUT
+        ),
     ] = None,
     target_key: Annotated[
         str | None,
-        typer.Option(help="Which array of a TARGET .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
+        typer.Option(
+            help="Which array of a TARGET .npz, entry of a .pt dict or .h5 dataset path.",
+            rich_help_panel=INPUT,
+        ),
     ] = None,
     labels_key: Annotated[
         str | None,
-        typer.Option(help="Which array of a --labels .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
+        typer.Option(
+            help="Which array of a --labels .npz, entry of a .pt dict or .h5 dataset path.",
+            rich_help_panel=INPUT,
+        ),
     ] = None,
     mask_key: Annotated[
         str | None,
-        typer.Option(help="Which array of a --mask .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
+        typer.Option(
+            help="Which array of a --mask .npz, entry of a .pt dict or .h5 dataset path.",
+            rich_help_panel=INPUT,
+        ),
     ] = None,
     nan_policy: Annotated[
         Literal["raise", "omit"],
@@ -249,7 +260,10 @@ def eval_command(
     ] = None,
     input_key: Annotated[
         str | None,
-        typer.Option(help="Which array of an --input .npz (or entry of a .pt dict).", rich_help_panel=INPUT),
+        typer.Option(
+            help="Which array of an --input .npz, entry of a .pt dict or .h5 dataset path.",
+            rich_help_panel=INPUT,
+        ),
     ] = None,
     output_format: Annotated[
         TableJsonCsv, typer.Option("--format", help=f"{_FORMAT_HELP} or CSV.", rich_help_panel=OUTPUT)
