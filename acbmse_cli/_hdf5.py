@@ -23,6 +23,7 @@ from acbmse_cli.arrays import (
     ArraySource,
     Role,
     _check_numpy_dtype,
+    _reason,
     _slab_index,
     _to_torch,
 )
@@ -68,10 +69,6 @@ def open_hdf5(path: str, key: str | None, key_option: str, role: Role) -> ArrayS
     except BaseException:
         file.close()
         raise
-
-
-def _reason(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _datasets(h5py: Any, file: Any, path: str) -> list[str]:
