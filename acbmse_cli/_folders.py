@@ -1,5 +1,7 @@
 """Folders of per-frame files for ``acbmse eval``: which paths are folders, which files pair up
-(the same file name in every folder), and how the pairs are shared between processes."""
+(the same file name in every folder), and how the pairs are shared between processes.
+
+Messages hold the names as they are: the command line escapes the line it prints."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from acbmse_cli._streams import printable
 from acbmse_cli.errors import InputError
 
 __all__ = ["FileGroup", "FolderSet", "are_folders", "match_folders", "share_by_size"]
@@ -32,10 +33,6 @@ class FolderSet:
     groups: tuple[FileGroup, ...]
     skipped: int
 
-    @property
-    def size(self) -> int:
-        return sum(g.size for g in self.groups)
-
 
 def are_folders(paths: Sequence[str | os.PathLike[str]]) -> bool:
     """Whether the paths are folders (all of them) or files (none); a mix is an :class:`InputError`."""
@@ -46,8 +43,7 @@ def are_folders(paths: Sequence[str | os.PathLike[str]]) -> bool:
         folder = next(p for p, d in zip(paths, dirs, strict=True) if d)
         other = next(p for p, d in zip(paths, dirs, strict=True) if not d)
         raise InputError(
-            f"{printable(os.fspath(folder))} is a folder but {printable(os.fspath(other))} is not: "
-            "give files only, or folders only"
+            f"{os.fspath(folder)} is a folder but {os.fspath(other)} is not: give files only, or folders only"
         )
     return False
 
@@ -58,9 +54,9 @@ def _file_names(folder: str) -> dict[str, int]:
         with os.scandir(folder) as entries:
             names = {e.name: e.stat().st_size for e in entries if not e.name.startswith(".") and e.is_file()}
     except OSError as exc:
-        raise InputError(f"{printable(folder)}: cannot list the folder ({exc.strerror})") from None
+        raise InputError(f"{folder}: cannot list the folder ({exc.strerror})") from None
     if not names:
-        raise InputError(f"{printable(folder)}: the folder holds no files")
+        raise InputError(f"{folder}: the folder holds no files")
     return names
 
 
@@ -78,7 +74,7 @@ def match_folders(folders: Sequence[str | os.PathLike[str]], *, skip_unmatched: 
     if unmatched and not skip_unmatched:
         raise InputError(_unmatched_message(unmatched, paths, listings))
     if not everywhere:
-        raise InputError(f"no file name is in every folder ({', '.join(printable(p) for p in paths)})")
+        raise InputError(f"no file name is in every folder ({', '.join(p for p in paths)})")
     groups = tuple(
         FileGroup(
             name,
@@ -94,7 +90,7 @@ def _unmatched_message(unmatched: list[str], folders: list[str], listings: list[
     shown = []
     for name in unmatched[:SHOWN_NAMES]:
         missing = next(f for f, names in zip(folders, listings, strict=True) if name not in names)
-        shown.append(f"{printable(name)} (not in {printable(missing)})")
+        shown.append(f"{name} (not in {missing})")
     more = len(unmatched) - len(shown)
     listed = ", ".join(shown) + (f" and {more} more" if more else "")
     count = f"{len(unmatched)} file{'s are' if len(unmatched) > 1 else ' is'}"

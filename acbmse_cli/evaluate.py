@@ -1505,13 +1505,13 @@ def _evaluate_folders(
     counter = _FileCounter(progress, file_progress, len(share), sum(g.size for g in share))
     totals = job.totals(plan, counter)
     reports = tuple(
-        _folder_report(_summarize(t, options, plan, pred=str(p), target=str(target)), folders)
+        _folder_report(_summarize(t, options, plan, pred=str(p), target=str(target)), folders, options)
         for t, p in zip(totals, preds, strict=True)
     )
     return EvalComparison(str(target), reports)
 
 
-def _folder_report(report: EvalResult, folders: FolderSet) -> EvalResult:
+def _folder_report(report: EvalResult, folders: FolderSet, options: EvalOptions) -> EvalResult:
     """The report of folders: each worst sample's file and its index there; the files counted."""
     worst = report.worst_samples
     if worst is not None:
@@ -1521,8 +1521,8 @@ def _folder_report(report: EvalResult, folders: FolderSet) -> EvalResult:
             )
             for s in worst
         )
-    run = {**(report.run or {}), "files": len(folders.groups), "skipped": folders.skipped}
-    run["skip_unmatched"] = folders.skipped > 0 or None
+    run = {**(report.run or {}), "skip_unmatched": options.skip_unmatched}
+    run.update(files=len(folders.groups), skipped=folders.skipped)
     return dataclasses.replace(report, worst_samples=worst, run=run)
 
 

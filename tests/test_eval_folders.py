@@ -239,6 +239,48 @@ def test_bad_folders_are_one_line_and_exit_2(
     assert len(err.splitlines()) == 1 and err.startswith("acbmse: error: ") and message in err, err
 
 
+def test_a_nan_names_its_file_and_its_index_there(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    targets = frames(19)
+    preds = noisy(targets, 20)
+    preds["f2.pt"][2, 1, 0] = np.nan
+    p, t = write(tmp_path / "p", preds), write(tmp_path / "t", targets)
+    code, out, err = run([p, t], capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert f"{p / 'f2.pt'}: 1 NaN/Inf value, the first at index (2, 1, 0)" in err
+
+
+def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return subprocess.run(
+        [*command, "-m", "acbmse_cli", "eval", *args],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=300,
+    )  # fmt: skip
+
+
+def one_process(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", *args])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0, err
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+def test_torchrun_with_fewer_files_than_ranks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    targets = frames(21, {"only.npy": (5, 6)})
+    write(tmp_path / "p", noisy(targets, 22))
+    write(tmp_path / "t", targets)
+    args = ["p", "t", "--format", "json", "--per-sample", "--detect-curve", "--device", "cpu"]
+    done = torchrun(args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(tmp_path)
+    assert_close(json.loads(done.stdout), one_process(args, capsys), rel=1e-9)
+
+
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 def test_torchrun_shares_the_files_and_equals_one_process(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -262,21 +304,11 @@ def test_torchrun_shares_the_files_and_equals_one_process(
         "omit",
     ]
     args += ["--chunk-elements", "11", "--device", "cpu"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    done = subprocess.run(
-        [*command, "-m", "acbmse_cli", "eval", *args],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+    done = torchrun(args, tmp_path)
     assert done.returncode == 0, done.stderr
     distributed = json.loads(done.stdout)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["eval", *args])
-    out, err = capsys.readouterr()
-    assert exit_info.value.code == 0, err
-    alone = json.loads(out)
+    alone = one_process(args, capsys)
     assert distributed["detection_curve"] == alone["detection_curve"]  # integer counts: exact
     assert [(s["file"], s["index"]) for s in distributed["worst_samples"]] == [
         (s["file"], s["index"]) for s in alone["worst_samples"]
