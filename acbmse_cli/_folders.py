@@ -43,7 +43,8 @@ def are_folders(paths: Sequence[str | os.PathLike[str]]) -> bool:
         folder = next(p for p, d in zip(paths, dirs, strict=True) if d)
         other = next(p for p, d in zip(paths, dirs, strict=True) if not d)
         raise InputError(
-            f"{os.fspath(folder)} is a folder but {os.fspath(other)} is not: give files only, or folders only"
+            f"{os.fspath(folder)}: is a directory, but {os.fspath(other)} is not: "
+            "give files only, or folders of files only"
         )
     return False
 

@@ -210,9 +210,9 @@ def test_the_progress_counts_files_and_bytes(tmp_path: Path) -> None:
     ("layout", "message"),
     [
         ("empty", "the folder holds no files"),
-        ("pred-file", "is not: give files only, or folders only"),
-        ("target-file", "is not: give files only, or folders only"),
-        ("mask-file", "is not: give files only, or folders only"),
+        ("pred-file", "is not: give files only, or folders of files only"),
+        ("target-file", "is not: give files only, or folders of files only"),
+        ("mask-file", "is not: give files only, or folders of files only"),
         ("shapes", "must match"),
         ("skip-files", "--skip-unmatched needs folders"),
     ],
