@@ -156,7 +156,8 @@ def eval_command(
         typer.Argument(
             metavar="PRED... TARGET",
             help="One or more prediction files, then the ground truth: .npy, .npz, .pt (a tensor, or a "
-            "dict of them) or .h5, all of the same shape.",
+            "dict of them) or .h5, all of the same shape. Or folders of per-frame files: the files of the "
+            "same name in every folder are paired, and all of them evaluated as one data set.",
             show_default=False,
         ),
     ],
@@ -194,6 +195,14 @@ def eval_command(
             rich_help_panel=INPUT,
         ),
     ] = "raise",
+    skip_unmatched: Annotated[
+        bool,
+        typer.Option(
+            "--skip-unmatched",
+            help="With folders: leave out the files whose name is not in every folder (else an error).",
+            rich_help_panel=INPUT,
+        ),
+    ] = False,
     mask: Annotated[
         str | None,
         typer.Option(
@@ -353,11 +362,13 @@ def eval_command(
                 figure_stats=figures is not None,
                 mask=mask,
                 mask_key=mask_key,
+                skip_unmatched=skip_unmatched,
             )
             comparison = _evaluate_with_progress(preds, target, options, show=rank == 0 and not quiet)
     finally:
         finish_distributed()
     if rank == 0:
+        _tell_skipped(comparison)
         if figures is not None:
             from acbmse_cli.eval_plots import write_eval_figures
 
@@ -369,6 +380,15 @@ def eval_command(
     ]
     if any(failed):
         raise typer.Exit(1)
+
+
+def _tell_skipped(comparison: EvalComparison) -> None:
+    """With folders and --skip-unmatched, how many files were left out, on stderr."""
+    skipped = (comparison.reports[0].run or {}).get("skipped")
+    if skipped:
+        sys.stderr.write(
+            f"acbmse: skipped {skipped} file name{'s' if skipped > 1 else ''} not in every folder\n"
+        )
 
 
 def _given_options(ctx: typer.Context) -> Any:
@@ -404,7 +424,7 @@ def _evaluate_with_progress(
     if not (show and sys.stderr.isatty()):
         return evaluate_many(preds, target, options)
     with DelayedProgress() as bar:
-        return evaluate_many(preds, target, options, progress=bar)
+        return evaluate_many(preds, target, options, progress=bar, file_progress=bar.files)
 
 
 def _print_report(comparison: EvalComparison, output_format: str) -> None:

@@ -580,12 +580,14 @@ class WorstSample:
 
 def read_worst_samples(comparison: EvalComparison, shown: int = WORST_SHOWN) -> list[WorstSample]:
     """The samples of the ``worst`` figure (see the module), read from the files, those samples
-    only; empty without ``--per-sample`` or when the samples are not images.
+    only; empty without ``--per-sample``, when the samples are not images, or with folders.
 
     Raises:
         InputError: a file cannot be read, or no longer has the shape it was evaluated with.
     """
     reports = comparison.reports
+    if any(s.file is not None for r in reports for s in r.worst_samples or ()):
+        return []  # folders: the samples are in many files
     chosen = _choose_worst(reports, shown)
     if not chosen:
         return []

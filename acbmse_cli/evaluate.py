@@ -20,6 +20,7 @@ data object that :mod:`acbmse_cli.report` renders.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,6 +32,7 @@ import torch
 
 from acbmse_cli import _distributed
 from acbmse_cli._checks import as_input_error, check_real, check_weight
+from acbmse_cli._folders import FileGroup, FolderSet, are_folders, match_folders, share_by_size
 from acbmse_cli._provenance import run_record
 from acbmse_cli.arrays import ArraySource, chunk_ranges, open_array
 from acbmse_cli.errors import InputError
@@ -57,6 +59,7 @@ __all__ = [
     "EvalComparison",
     "EvalOptions",
     "EvalResult",
+    "FileProgress",
     "SampleResult",
     "evaluate",
     "evaluate_files",
@@ -76,6 +79,9 @@ DEFAULT_CLASS_NAMES = ("non-hit", "hit")
 
 Progress = Callable[[int, int], None]
 """Called after each chunk with (elements done, elements in all) of this process."""
+
+FileProgress = Callable[[int, int, int, int], None]
+"""With folders, called after each chunk with (files done, files, bytes done, bytes) of this process."""
 
 init_distributed = _distributed.init_from_env
 finish_distributed = _distributed.finish
@@ -106,11 +112,13 @@ class ClassResult:
 
 @dataclass(frozen=True)
 class SampleResult:
-    """One of the worst samples (dim 0): its index, ACB-MSE and per-class MSE (``None``: no elements)."""
+    """One of the worst samples (dim 0): its index, ACB-MSE and per-class MSE (``None``: no elements);
+    with folders, the name of its file, and ``index`` within that file."""
 
     index: int
     acb_mse: float
     class_mse: tuple[float | None, ...]
+    file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,7 @@ class EvalResult:
         if self.worst_samples is not None:
             doc["worst_samples"] = [
                 {
+                    **({} if s.file is None else {"file": s.file}),
                     "index": s.index,
                     "acb_mse": s.acb_mse,
                     "class_mse": {c.name: m for c, m in zip(self.classes, s.class_mse, strict=True)},
@@ -310,6 +319,8 @@ class EvalOptions:
         mask, mask_key: a file of the target's shape (and its array); the elements where it is 0
             (False) are left out of everything, as if they were not there (dead pixels, regions
             of no interest).
+        skip_unmatched: with folders, leave out the files whose name is not in every folder
+            (rather than an error).
         nan_policy: ``"raise"``: NaN or Inf in either file is an error that says how many
             and where the first is; ``"omit"``: leave those elements out.
         device: where the arithmetic runs (``"auto"``, ``"cpu"``, ``"cuda:1"``...).
@@ -343,6 +354,7 @@ class EvalOptions:
     figure_stats: bool = False
     mask: str | os.PathLike[str] | None = None
     mask_key: str | None = None
+    skip_unmatched: bool = False
     classes: ClassSpec = field(init=False, repr=False, compare=False)
     torch_device: torch.device = field(init=False, repr=False, compare=False)
 
@@ -829,6 +841,25 @@ class _Totals:
     figures: ErrorStats | None = None
     masked: int = 0
 
+    @classmethod
+    def zeros(
+        cls, options: EvalOptions, plan: _Plan, device: torch.device, *, first_bad: tuple[int, int]
+    ) -> _Totals:
+        """Nothing added up yet."""
+        num_classes, noise = options.classes.num_classes, options.input is not None
+        return cls(
+            stats=ClassStats.zeros(num_classes, device=device),
+            detection=None
+            if plan.fixed is None
+            else DetectionStats.zeros(plan.fixed, noise=noise, device=device),
+            top=_TopK.empty(options.top_samples, num_classes) if options.per_sample else None,
+            first_bad=first_bad,
+            curve=None
+            if plan.curve is None
+            else DetectionStats.zeros(plan.curve, noise=noise, device=device),
+            figures=None if plan.bounds is None else ErrorStats.zeros(num_classes, device=device),
+        )
+
     def add_nonfinite(self, found: _NonFinite) -> None:
         self.nonfinite = (self.nonfinite[0] + found.counts[0], self.nonfinite[1] + found.counts[1])
         self.first_bad = (min(self.first_bad[0], found.first[0]), min(self.first_bad[1], found.first[1]))
@@ -857,25 +888,11 @@ class _Accumulator:
     """Adds up the chunks' results in chunk order, and keeps the running per-sample ranking."""
 
     def __init__(self, options: EvalOptions, inputs: _Inputs, plan: _Plan, pred: ArraySource) -> None:
-        num_classes = options.classes.num_classes
-        device = inputs.device
         self.weights = options.classes.weights
         self.per_sample = options.per_sample
         self.omit = options.omit
         self.row_size = inputs.row_size
-        noise = inputs.noisy is not None
-        self.totals = _Totals(
-            stats=ClassStats.zeros(num_classes, device=device),
-            detection=None
-            if plan.fixed is None
-            else DetectionStats.zeros(plan.fixed, noise=noise, device=device),
-            top=_TopK.empty(options.top_samples, num_classes) if options.per_sample else None,
-            first_bad=(pred.size, inputs.target.size),
-            curve=None
-            if plan.curve is None
-            else DetectionStats.zeros(plan.curve, noise=noise, device=device),
-            figures=None if plan.bounds is None else ErrorStats.zeros(num_classes, device=device),
-        )
+        self.totals = _Totals.zeros(options, plan, inputs.device, first_bad=(pred.size, inputs.target.size))
         self.row_stats: ClassStats | None = None  # the sample being read in parts
 
     def fold(self, result: _ChunkResult) -> None:
@@ -1118,12 +1135,17 @@ def _on_every_rank(work: Callable[[], None]) -> None:
 def _plan(inputs: _Inputs, options: EvalOptions) -> _Plan:
     """The grids and bounds of the pass; the default grid and the figure's bounds come from the
     range of the target's hit values, found in a pass over the target alone."""
+    return _plan_with(options, lambda: _hit_range(inputs, options))
+
+
+def _plan_with(options: EvalOptions, hit_range: Callable[[], tuple[float | None, float | None]]) -> _Plan:
+    """:func:`_plan`, the target's hit range found by ``hit_range`` where it is needed."""
     fixed = None if options.detect_threshold is None else ThresholdGrid((float(options.detect_threshold),))
     curve = options.grid if options.detect_curve else None
     needs_range = (options.detect_curve and curve is None) or (
         options.figure_stats and not options.classes.labelled
     )
-    low, high = _hit_range(inputs, options) if needs_range else (None, None)
+    low, high = hit_range() if needs_range else (None, None)
     if options.detect_curve and curve is None:
         curve = default_grid(options.classes.hit_threshold, high)
     bounds = calibration_bounds(options.classes.hit_threshold, low, high) if options.figure_stats else None
@@ -1132,23 +1154,35 @@ def _plan(inputs: _Inputs, options: EvalOptions) -> _Plan:
 
 def _hit_range(inputs: _Inputs, options: EvalOptions) -> tuple[float | None, float | None]:
     """The smallest and largest finite target value among the hits (``None`` without hits)."""
-    first, last = _rank_rows(inputs)
-    extremes = torch.tensor([math.inf, -math.inf], dtype=torch.float64)
+    rows = _rank_rows(inputs)
+    extremes = _no_extremes()
+    _on_every_rank(lambda: _scan_hit_range(inputs, options, rows, extremes))
+    return _merged_extremes(extremes)
 
-    def scan() -> None:
-        with torch.inference_mode():
-            for start, stop in chunk_ranges(inputs.shape, options.chunk, (first, last)):
-                y = inputs.target.read(start, stop)
-                hits = hit_mask(y, options.classes.hit_threshold)
-                keep = inputs.read_mask(start, stop)
-                values = y[hits if keep is None else hits & keep.to(hits.device)]
-                values = values[torch.isfinite(values)].to(torch.float64)
-                if values.numel():
-                    low, high = torch.aminmax(values)
-                    extremes[0] = torch.minimum(extremes[0], low)
-                    extremes[1] = torch.maximum(extremes[1], high)
 
-    _on_every_rank(scan)
+def _no_extremes() -> torch.Tensor:
+    return torch.tensor([math.inf, -math.inf], dtype=torch.float64)
+
+
+def _scan_hit_range(
+    inputs: _Inputs, options: EvalOptions, rows: tuple[int, int], extremes: torch.Tensor
+) -> None:
+    """Widen ``extremes`` (min, max) to the finite target values among the hits of samples ``rows``."""
+    with torch.inference_mode():
+        for start, stop in chunk_ranges(inputs.shape, options.chunk, rows):
+            y = inputs.target.read(start, stop)
+            hits = hit_mask(y, options.classes.hit_threshold)
+            keep = inputs.read_mask(start, stop)
+            values = y[hits if keep is None else hits & keep.to(hits.device)]
+            values = values[torch.isfinite(values)].to(torch.float64)
+            if values.numel():
+                low, high = torch.aminmax(values)
+                extremes[0] = torch.minimum(extremes[0], low)
+                extremes[1] = torch.maximum(extremes[1], high)
+
+
+def _merged_extremes(extremes: torch.Tensor) -> tuple[float | None, float | None]:
+    """The extremes of all ranks (``None`` without hits)."""
     if _distributed.world()[1] > 1:
         extremes = torch.cat(
             [_distributed.all_reduce(extremes[:1], "min"), _distributed.all_reduce(extremes[1:], "max")]
@@ -1204,24 +1238,41 @@ def evaluate_many(
     options: EvalOptions,
     *,
     progress: Progress | None = None,
+    file_progress: FileProgress | None = None,
 ) -> EvalComparison:
     """:func:`evaluate` of several predictions against one target, in one pass: each chunk of
     the target (and of the labels and the network's input) is read once for all of them.  Each
     report equals what :func:`evaluate` gives for its prediction alone.
+
+    The paths may also be folders, all of them (the predictions, the target and the labels,
+    input and mask files where given): then the files of the same name in every folder are
+    evaluated as one data set, their statistics summed as if the arrays of the files, in
+    file-name order, were concatenated along dim 0 (files of different names may have
+    different shapes).  A name missing from a folder is an error, or is left out with
+    ``options.skip_unmatched``; the worst samples name their file; under torchrun the ranks
+    share the files, whole; ``file_progress`` is called after each chunk with (files done,
+    files, bytes done, bytes) of this process.
 
     Raises:
         InputError: a bad file, or NaN/Inf under ``nan_policy="raise"``.
     """
     if not preds:
         raise InputError("eval needs at least one prediction file")
+    if are_folders(_group_paths(preds, target, options)):
+        return _evaluate_folders(preds, target, options, progress, file_progress)
+    if options.skip_unmatched:
+        raise InputError("--skip-unmatched needs folders: it leaves out the files not in every folder")
     rank, world = _distributed.world()
     device = _rank_device(options.torch_device, rank, world)
     with _open_inputs(preds, target, options, device) as inputs:
         plan = _plan(inputs, options)
         totals = _accumulate(inputs, options, plan, progress)
+        if not options.omit:
+            for t, source in zip(totals, inputs.preds, strict=True):
+                _raise_on_nonfinite(t, (source, inputs.target))
         reports = tuple(
-            _summarize(t, source, inputs, options, plan, pred=str(path), target=str(target))
-            for t, source, path in zip(totals, inputs.preds, preds, strict=True)
+            _summarize(t, options, plan, pred=str(path), target=str(target))
+            for t, path in zip(totals, preds, strict=True)
         )
     return EvalComparison(str(target), reports)
 
@@ -1275,18 +1326,7 @@ def evaluate_files(
 # --------------------------------------------------------------------------- the report
 
 
-def _summarize(
-    totals: _Totals,
-    pred_source: ArraySource,
-    inputs: _Inputs,
-    options: EvalOptions,
-    plan: _Plan,
-    *,
-    pred: str,
-    target: str,
-) -> EvalResult:
-    if not options.omit:
-        _raise_on_nonfinite(totals, (pred_source, inputs.target))
+def _summarize(totals: _Totals, options: EvalOptions, plan: _Plan, *, pred: str, target: str) -> EvalResult:
     stats = totals.stats.to("cpu")
     sae, max_abs, sum_target, sum_input = _extended(stats)
     elements = int(stats.count.sum())
@@ -1415,3 +1455,178 @@ def _worst_samples(top: _TopK) -> tuple[SampleResult, ...]:
 
 def _fmt_index(index: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, index)) + ("," if len(index) == 1 else "") + ")"
+
+
+# --------------------------------------------------------------------------- folders of per-frame files
+
+_FILE_STRIDE = 1 << 40
+"""With folders, a worst sample's index while ranking: its file's number times this, plus its index
+in the file (ties then go to the earlier file, as in the concatenation)."""
+
+
+def _group_paths(
+    preds: Sequence[str | os.PathLike[str]], target: str | os.PathLike[str], options: EvalOptions
+) -> list[str | os.PathLike[str]]:
+    """The predictions, the target, then the labels, input and mask where given."""
+    extra = (options.labels, options.input, options.mask)
+    return [*preds, target, *(p for p in extra if p is not None)]
+
+
+def _group_options(options: EvalOptions, group: FileGroup, n_preds: int) -> EvalOptions:
+    """The options of one file group: its own labels, input and mask files."""
+    extra = iter(group.paths[n_preds + 1 :])
+    labels, noisy, mask = (
+        None if getattr(options, n) is None else next(extra) for n in ("labels", "input", "mask")
+    )
+    if labels is None and noisy is None and mask is None:
+        return options
+    return dataclasses.replace(options, labels=labels, input=noisy, mask=mask)
+
+
+def _all_rows(inputs: _Inputs) -> tuple[int, int]:
+    return 0, inputs.shape[0] if inputs.shape else 1
+
+
+def _evaluate_folders(
+    preds: Sequence[str | os.PathLike[str]],
+    target: str | os.PathLike[str],
+    options: EvalOptions,
+    progress: Progress | None,
+    file_progress: FileProgress | None,
+) -> EvalComparison:
+    """:func:`evaluate_many` of folders: each rank adds up its share of the file groups."""
+    folders = match_folders(_group_paths(preds, target, options), skip_unmatched=options.skip_unmatched)
+    rank, world = _distributed.world()
+    device = _rank_device(options.torch_device, rank, world)
+    share = [folders.groups[i] for i in share_by_size(folders.groups, world)[rank]]
+    numbers = {g.name: i for i, g in enumerate(folders.groups)}
+    job = _FolderJob(options, len(preds), device, share, numbers)
+    plan = _plan_with(options, job.hit_range)
+    counter = _FileCounter(progress, file_progress, len(share), sum(g.size for g in share))
+    totals = job.totals(plan, counter)
+    reports = tuple(
+        _folder_report(_summarize(t, options, plan, pred=str(p), target=str(target)), folders, options)
+        for t, p in zip(totals, preds, strict=True)
+    )
+    return EvalComparison(str(target), reports)
+
+
+def _folder_report(report: EvalResult, folders: FolderSet, options: EvalOptions) -> EvalResult:
+    """The report of folders: each worst sample's file and its index there; the files counted."""
+    worst = report.worst_samples
+    if worst is not None:
+        worst = tuple(
+            dataclasses.replace(
+                s, index=s.index % _FILE_STRIDE, file=folders.groups[s.index // _FILE_STRIDE].name
+            )
+            for s in worst
+        )
+    run = {**(report.run or {}), "skip_unmatched": options.skip_unmatched}
+    run.update(files=len(folders.groups), skipped=folders.skipped)
+    return dataclasses.replace(report, worst_samples=worst, run=run)
+
+
+class _FileCounter:
+    """Counts the files and bytes done (a file's bytes in proportion to its elements done)."""
+
+    def __init__(
+        self, progress: Progress | None, file_progress: FileProgress | None, files: int, size: int
+    ) -> None:
+        self.progress, self.file_progress = progress, file_progress
+        self.files, self.size = files, size
+        self.files_done, self.bytes_done = 0, 0
+        self.file_size, self.file_elements, self.elements_done = 0, 1, 0
+
+    def start(self, size: int, elements: int) -> None:
+        self.file_size, self.file_elements, self.elements_done = size, max(elements, 1), 0
+
+    def __call__(self, elements: int) -> None:
+        self.elements_done += elements
+        self._report(self.bytes_done + self.file_size * self.elements_done // self.file_elements)
+
+    def finish(self) -> None:
+        self.files_done += 1
+        self.bytes_done += self.file_size
+        self._report(self.bytes_done)
+
+    def _report(self, done: int) -> None:
+        if self.file_progress is not None:
+            self.file_progress(self.files_done, self.files, done, self.size)
+        elif self.progress is not None:
+            self.progress(done, self.size)
+
+
+@dataclass
+class _FolderJob:
+    """One rank's share of the file groups of folders, and how to open and add up each."""
+
+    options: EvalOptions
+    n_preds: int
+    device: torch.device
+    share: list[FileGroup]
+    numbers: dict[str, int]  # each group's place in the whole set
+
+    @contextlib.contextmanager
+    def open(self, group: FileGroup, *, preds: bool = True) -> Iterator[_Inputs]:
+        paths = group.paths[: self.n_preds] if preds else ()
+        options = _group_options(self.options, group, self.n_preds)
+        with _open_inputs(paths, group.paths[self.n_preds], options, self.device) as inputs:
+            yield inputs
+
+    def hit_range(self) -> tuple[float | None, float | None]:
+        """The range of the hit values of every target file of every rank."""
+        extremes = _no_extremes()
+
+        def scan() -> None:
+            for group in self.share:
+                with self.open(group, preds=False) as inputs:
+                    _scan_hit_range(inputs, self.options, _all_rows(inputs), extremes)
+
+        _on_every_rank(scan)
+        return _merged_extremes(extremes)
+
+    def totals(self, plan: _Plan, counter: _FileCounter) -> list[_Totals]:
+        """Every group of this rank added up, one total per prediction; under torchrun, all the
+        ranks' totals merged."""
+        device = self.device
+        sums = [_Totals.zeros(self.options, plan, device, first_bad=(0, 0)) for _ in range(self.n_preds)]
+
+        def work() -> None:
+            for group in self.share:
+                for total, part in zip(sums, self._group_totals(group, plan, counter), strict=True):
+                    _add_totals(total, part, self.numbers[group.name])
+
+        _on_every_rank(work)
+        if _distributed.world()[1] == 1:
+            return sums
+        return [t.all_reduce() for t in sums]
+
+    def _group_totals(self, group: FileGroup, plan: _Plan, counter: _FileCounter) -> list[_Totals]:
+        options = self.options
+        with self.open(group) as inputs:
+            accumulators = [_Accumulator(options, inputs, plan, p) for p in inputs.preds]
+            computers = [_ChunkComputer(options, inputs, plan, p) for p in inputs.preds]
+            rows = _all_rows(inputs)
+            counter.start(group.size, (rows[1] - rows[0]) * inputs.row_size)
+            ranges = chunk_ranges(inputs.shape, _chunk_elements(options, inputs.row_size), rows)
+            _stream(inputs, computers, accumulators, ranges, counter)
+            inputs.verify()
+            if not options.omit:
+                for accumulator, source in zip(accumulators, inputs.preds, strict=True):
+                    _raise_on_nonfinite(accumulator.totals, (source, inputs.target))
+        counter.finish()
+        return [a.totals for a in accumulators]
+
+
+def _add_totals(total: _Totals, part: _Totals, number: int) -> None:
+    """Add the totals of file group ``number`` to ``total``."""
+    total.stats = total.stats + part.stats
+    for name in ("detection", "curve", "figures"):
+        if getattr(part, name) is not None:
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.nonfinite = (total.nonfinite[0] + part.nonfinite[0], total.nonfinite[1] + part.nonfinite[1])
+    total.omitted += part.omitted
+    total.masked += part.masked
+    if total.top is not None and part.top is not None:
+        top = part.top
+        total.top.offer(top.loss, top.index + number * _FILE_STRIDE, top.count, top.sse)

@@ -152,6 +152,9 @@ def _csv_blocks(result: EvalResult) -> list[_Block]:
         rows = [
             (_cell(s.index), _cell(s.acb_mse), *(_cell(m) for m in s.class_mse)) for s in result.worst_samples
         ]
+        if any(s.file is not None for s in result.worst_samples):  # folders: the sample's file first
+            header_s = ("file", *header_s)
+            rows = [(_cell(s.file), *row) for s, row in zip(result.worst_samples, rows, strict=True)]
         blocks.append((header_s, rows))
     return blocks
 
@@ -403,7 +406,12 @@ def _detection_grid(d: DetectionResult) -> _Grid:
 
 
 def _worst_grid(result: EvalResult, worst: tuple[SampleResult, ...]) -> _Grid:
+    from acbmse_cli._streams import printable
+
+    files = [s.file for s in worst if s.file is not None]
+    file_column = (_Column(("file",), tuple(printable(f) for f in files), justify="left"),) if files else ()
     columns = (
+        *file_column,
         _Column(("sample",), tuple(str(s.index) for s in worst)),
         _Column(("ACB-MSE",), tuple(_num(s.acb_mse) for s in worst)),
         *(
@@ -411,7 +419,7 @@ def _worst_grid(result: EvalResult, worst: tuple[SampleResult, ...]) -> _Grid:
             for i, c in enumerate(result.classes)
         ),
     )
-    return _Grid(f"worst {len(worst)} samples (dim 0) by ACB-MSE", columns, keys=1)
+    return _Grid(f"worst {len(worst)} samples (dim 0) by ACB-MSE", columns, keys=1 + len(file_column))
 
 
 def _summary(result: EvalResult, width: int) -> Text:
@@ -531,25 +539,40 @@ class DelayedProgress:
         self._start = time.monotonic()
         self._progress: Progress | None = None
         self._task: Any = None
+        self._bytes = False
 
     def __call__(self, done: int, total: int) -> None:
         if self._progress is None:
             if done >= total or time.monotonic() - self._start < self.delay:
                 return
             from rich.console import Console
-            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 TaskProgressColumn(),
+                *((DownloadColumn(),) if self._bytes else ()),
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
                 transient=True,
             )
             self._progress.start()
             self._task = self._progress.add_task(self.description, total=total)
-        self._progress.update(self._task, completed=done)
+        self._progress.update(self._task, completed=done, description=self.description)
+
+    def files(self, files_done: int, files: int, done: int, total: int) -> None:
+        """The progress of folders: files done of ``files``, and bytes ``done`` of ``total``."""
+        self._bytes = True
+        self.description = f"evaluating {files_done}/{files} files"
+        self(done, total)
 
     def __enter__(self) -> DelayedProgress:
         self._start = time.monotonic()
