@@ -537,19 +537,6 @@ def _chunk_class_stats(
     )
 
 
-def _fused_chunk_stats(
-    x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, classes: ClassSpec, *, per_sample: bool
-) -> ClassStats:
-    """The same statistics as :func:`_chunk_class_stats`, on the CPU, in one pass over the elements."""
-    from acbmse_cli._fused import fused_class_stats  # numba: imported by the first chunk on a CPU
-
-    groups = x.shape[0] if per_sample else 1
-    views = [None if v is None else v.reshape(groups, -1) for v in (x, y, lab)]
-    vx, vy, vlab = views
-    assert vx is not None and vy is not None
-    return fused_class_stats(vx, vy, vlab, classes.num_classes, classes.hit_threshold)
-
-
 def _extended(stats: ClassStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The extended fields: ``sae``, ``max_abs_error``, ``sum_target``, ``sum_input``."""
     sae, max_abs, sum_target, sum_input = stats.sae, stats.max_abs_error, stats.sum_target, stats.sum_input
@@ -670,9 +657,7 @@ class _ChunkComputer:
         self, x: torch.Tensor, y: torch.Tensor, lab: torch.Tensor | None, start: int, *, per_sample: bool
     ) -> ClassStats:
         try:
-            if x.device.type != "cpu":
-                return _chunk_class_stats(x, y, lab, self.classes, per_sample=per_sample)
-            return _fused_chunk_stats(x, y, lab, self.classes, per_sample=per_sample)
+            return _chunk_class_stats(x, y, lab, self.classes, per_sample=per_sample)
         except ValueError as exc:
             if lab is None:
                 raise

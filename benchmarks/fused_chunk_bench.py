@@ -17,8 +17,8 @@ from collections.abc import Callable
 import numba
 import numpy as np
 import torch
+from fused_prototype import fused_class_stats
 
-from acbmse_cli._fused import fused_class_stats
 from acbmse_cli.evaluate import (
     EvalOptions,
     _chunk_class_stats,
@@ -37,17 +37,21 @@ def _curve_bins(
     x: np.ndarray, y: np.ndarray, threshold: float, edges: np.ndarray, bins: np.ndarray,
     inverse_step: float, offset: float,
 ) -> None:  # fmt: skip
-    """The detection bins of a linear grid (``edges``: its thresholds, then +inf) in one pass:
-    the guess of count_below's linear path corrected by one comparison, into 4 interleaved
-    histograms (``bins`` ``(4, 2, G + 1)``) so that repeated bins do not wait on each other."""
+    """The detection bins of a linear grid (``edges``: its thresholds, then +inf) in one pass,
+    without a branch: count_below's linear guess (NaN to 0), corrected by one comparison, into 8
+    interleaved histograms (``bins`` ``(8, 2, G + 1)``) so that repeated bins do not wait on each
+    other."""
     n = edges.shape[0] - 1
+    top = np.float64(n)
     for i in range(x.shape[0]):
         v = np.float64(x[i])
         guess = v * inverse_step + offset
-        g = 0 if not guess > 0.0 else (n if guess >= n else int(guess))
-        g += v > edges[g]
-        hit = abs(np.float64(y[i])) > threshold
-        bins[i & 3, np.int64(hit), g] += 1
+        guess = guess if guess > 0.0 else 0.0
+        guess = guess if guess < top else top
+        g = np.int64(guess)
+        g += np.int64(v > edges[g])
+        hit = np.int64(abs(np.float64(y[i])) > threshold)
+        bins[i & 7, hit, g] += 1
 
 
 def make_chunk(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +94,7 @@ def contenders(x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], objec
         return run
 
     def numba_curve() -> object:
-        bins = np.zeros((4, 2, len(edges)), np.int64)
+        bins = np.zeros((8, 2, len(edges)), np.int64)
         _curve_bins(xn, yn, 0.0, edges, bins, (len(grid) - 1) / 100.0, 1.0 - 0.125)
         return bins
 
@@ -104,6 +108,27 @@ def contenders(x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], objec
     }
 
 
+def check_agreement(x: torch.Tensor, y: torch.Tensor) -> None:
+    """The fused statistics within 1e-9 of the torch ones, the curve's bins equal to them."""
+    for groups in (1, ROWS):
+        ours = fused_class_stats(x.reshape(groups, -1), y.reshape(groups, -1), None, 2, 0.0)
+        theirs = _chunk_class_stats(
+            x.reshape(groups, -1), y.reshape(groups, -1), None, _hit_classes(EvalOptions()),
+            per_sample=groups > 1,
+        )  # fmt: skip
+        for name in ("count", "sse", "sae", "max_abs_error", "sum_target", "sum_input"):
+            a, b = getattr(ours, name).double(), getattr(theirs, name).double()
+            assert torch.allclose(a, b, rtol=1e-9, atol=0), name
+    grid = default_grid(0.0, 100.0)
+    edges = np.array([*grid.values, np.inf], dtype=np.float64)
+    bins = np.zeros((8, 2, len(edges)), np.int64)
+    _curve_bins(x.numpy(), y.numpy(), 0.0, edges, bins, (len(grid) - 1) / 100.0, 1.0 - 0.125)
+    reference = detection_stats(x, y, grid, hit_threshold=0.0)
+    assert (bins.sum(0)[0] == reference.nonhits.numpy()).all() and (
+        bins.sum(0)[1] == reference.hits.numpy()
+    ).all()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
@@ -111,6 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     x, y = make_chunk()
     torch.set_num_threads(1)
+    check_agreement(x, y)
     results: dict[str, list[float]] = {}
     with _recycled_temporaries(), torch.inference_mode():
         runs = contenders(x, y)

@@ -1,4 +1,6 @@
-"""Every per-class statistic of a chunk in one pass over its elements, compiled with numba (CPU).
+"""A prototype, not used by the package: every per-class statistic of an eval chunk in one pass
+over its elements, compiled with numba (CPU).  Measured in fused_chunk_bench.py and, wired into
+``_ChunkComputer``, on branch ``fused-integrated`` (see fused_results.md).
 
 Each element is read once and adds, in float64, to its class's count, its sums of squared
 error, absolute error, target and prediction, and its largest absolute error.  An element
