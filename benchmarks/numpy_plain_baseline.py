@@ -41,13 +41,17 @@ def class_sums(pred_path: str, target_path: str, hit_threshold: float = 0.0) -> 
 
 
 def read_and_sum(pred_path: str, target_path: str) -> float:
-    """Both files read once, chunk by chunk, and summed."""
-    pred = np.load(pred_path, mmap_mode="r")
-    target = np.load(target_path, mmap_mode="r")
+    """Both files read once, chunk by chunk, into one reused buffer each (as eval reads them), and
+    summed."""
     total = 0.0
-    for start in range(0, len(target), CHUNK_IMAGES):
-        total += float(pred[start : start + CHUNK_IMAGES].sum(dtype=np.float64))
-        total += float(target[start : start + CHUNK_IMAGES].sum(dtype=np.float64))
+    for path in (pred_path, target_path):
+        array = np.load(path, mmap_mode="r")
+        offset, chunk = array.offset, CHUNK_IMAGES * int(np.prod(array.shape[1:]))
+        buffer = np.empty(chunk, dtype=array.dtype)
+        with open(path, "rb", buffering=0) as f:
+            f.seek(offset)
+            while n := f.readinto(memoryview(buffer).cast("B")):
+                total += float(buffer[: n // buffer.itemsize].sum(dtype=np.float64))
     return total
 
 
