@@ -9,6 +9,11 @@ so that starting Python and importing torch is not counted) is at least 1.5 time
 same eval without it, and four predictions at once with the curve (the same prediction file given
 four times: four streams of the page cache, four sets of statistics) stay within 800 MB.
 
+Issue 16's targets are measured the same way against ``numpy_plain_baseline.py``, the script people
+write instead (float32 squares, float64 per-class sums by boolean index): eval at least 1.5 times
+its marginal throughput and at least half the rate of reading and summing both files (the same
+script's ``--read-only``); eval with ``--detect-curve`` and with ``--per-sample`` at least 1.0 times.
+
     python benchmarks/eval_bench.py                      # 3 interleaved rounds, prints the results
     python benchmarks/eval_bench.py --rounds 5 --samples 5000 --json /tmp/eval.json
 
