@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,30 @@ def test_per_sample_with_samples_larger_than_a_chunk(tmp_path: Path) -> None:
             paths=(tmp_path / "p.npy", tmp_path / "t.npy"),
         )
         assert_close(result.to_dict(), expected)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_sums_of_millions_of_elements_stay_float64_exact(tmp_path: Path, per_sample: bool) -> None:
+    """2**21 elements in one chunk: a float32 running sum of the squares is off by more than 1e-6
+    (checked here), the float64 sums are within 1e-9."""
+    rng = np.random.default_rng(5)
+    shape = (2, 2**20)
+    target = np.where(rng.random(shape) < 0.1, rng.uniform(1000, 1001, shape), 0.0).astype(np.float32)
+    pred = (target + rng.uniform(0.09, 0.11, shape)).astype(np.float32)
+    np.save(tmp_path / "p.npy", pred)
+    np.save(tmp_path / "t.npy", target)
+    squared = (pred.astype(np.float64) - target) ** 2
+    exact = math.fsum(squared.ravel().tolist())
+    in_float32 = float(np.cumsum(squared.astype(np.float32).ravel(), dtype=np.float32)[-1])
+    assert abs(in_float32 - exact) > 1e-6 * exact
+    result = evaluate_files(
+        tmp_path / "p.npy", tmp_path / "t.npy", per_sample=per_sample, top=2 if per_sample else None,
+        chunk_elements=2**21,
+    )  # fmt: skip
+    expected = reference_report(
+        pred, target, top=2 if per_sample else None, paths=(tmp_path / "p.npy", tmp_path / "t.npy")
+    )
+    assert_close(result.to_dict(), expected)
 
 
 def test_detection_over_chunks(tmp_path: Path) -> None:
