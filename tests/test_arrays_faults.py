@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from cli_run import run_cli as _run
 from eval_reference import assert_close, reference_report
 
 from acbmse_cli import arrays
 from acbmse_cli.arrays import ArraySource, chunk_ranges, open_array
-from acbmse_cli.cli import main
 from acbmse_cli.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,14 +168,6 @@ def test_pt_written_without_checksums_is_read(tmp_path: Path) -> None:
         torch.serialization.set_crc32_options(True)
     with open_array(tmp_path / "t.pt") as source:
         np.testing.assert_array_equal(_read_as_eval(source, 7), tensor.numpy())
-
-
-def _run(args: list[Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])

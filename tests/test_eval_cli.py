@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from cli_run import run_cli as run
 from eval_reference import (
     assert_close,
     reference_detection,
@@ -25,18 +26,7 @@ from eval_reference import (
 )
 from tables import assert_count, assert_percent, assert_printed, parse_tables
 
-from acbmse_cli.cli import main
-
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``acbmse ARGS`` in-process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 def eval_json(args: list[Any], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:

@@ -15,21 +15,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_run import run_cli as cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from acbmse_cli.cli import main
 from acbmse_cli.evaluate import EvalOptions, evaluate, evaluate_many
 from acbmse_cli.histograms import ThresholdGrid, count_below
-
-
-def cli(args: list[Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``acbmse ARGS`` in-process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 def reference_curve(

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_run import run_cli as run
 
 from acbmse_cli import eval_plots
 from acbmse_cli._figures import new_figure
@@ -23,15 +24,6 @@ from acbmse_cli.evaluate import EvalComparison, EvalOptions, evaluate_many
 from acbmse_cli.histograms import error_bin_edges
 
 ALL = {"detection", "errors", "calibration", "worst"}
-
-
-def run(args: list[Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``acbmse ARGS`` in-process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 def frames(
@@ -459,7 +451,6 @@ def test_library_refuses_what_it_cannot_draw(tmp_path: Path) -> None:
 def test_a_figure_path_taken_by_a_folder_is_refused_before_the_evaluation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from acbmse_cli.cli import main
 
     (tmp_path / "figs" / "errors.png").mkdir(parents=True)
     with pytest.raises(SystemExit) as exit_info:

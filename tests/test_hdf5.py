@@ -4,7 +4,6 @@ in one line."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,32 +13,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_run import eval_json
+from cli_run import run_cli as run
 from eval_reference import assert_close, reference_report
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from acbmse_cli import _hdf5
 from acbmse_cli.arrays import chunk_ranges, open_array
-from acbmse_cli.cli import main
 from acbmse_cli.errors import InputError
 
 h5py = pytest.importorskip("h5py")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(args: list[Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
-
-
-def eval_json(args: list[Any], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    code, out, err = run(["eval", *args, "--format", "json", "--device", "cpu"], capsys)
-    assert code == 0, err
-    return json.loads(out)  # type: ignore[no-any-return]
 
 
 def one_error_line(code: int, out: str, err: str, *fragments: str) -> None:
