@@ -43,7 +43,8 @@ def figure_settings(salt: str) -> Iterator[None]:
     """matplotlib's settings while figures are saved: fonts embedded in PDF (and PostScript) as
     TrueType, not Type 3 (which some journals refuse), and SVG element ids derived from ``salt``
     rather than drawn at random, so that the same figure gives the same bytes."""
-    import matplotlib
+    with quiet_parser_deprecations():  # matplotlib parses its font settings when first imported
+        import matplotlib
 
     with matplotlib.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": salt}):
         yield
@@ -51,8 +52,9 @@ def figure_settings(salt: str) -> Iterator[None]:
 
 def new_figure(**kwargs: Any) -> Figure:
     """A matplotlib figure on the Agg canvas (no display, no global pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    with quiet_parser_deprecations():  # matplotlib parses its font settings when first imported
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)

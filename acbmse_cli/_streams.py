@@ -42,6 +42,7 @@ def standard_streams() -> Iterator[StandardStreams]:
     The streams found on entry come back on leaving.
     """
     _reserve_closed_descriptors()
+    _READER_GONE.clear()
     saved = sys.stdout, sys.stderr
     stdout = _Stdout(sys.stdout if sys.stdout is not None else _text_stream(1))
     sys.stdout = cast(TextIO, stdout)
@@ -86,6 +87,14 @@ def _text_stream(fd: int) -> io.TextIOWrapper:
     raw = io.FileIO(fd, "w", closefd=False)
     return io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", errors="backslashreplace",
                             line_buffering=fd == 2)  # fmt: skip
+
+
+_READER_GONE: list[bool] = []
+
+
+def reader_gone() -> bool:
+    """Whether a write to stdout has met a pipe whose reader had gone (``| head``)."""
+    return bool(_READER_GONE)
 
 
 def silence(stream: Any) -> None:
@@ -142,6 +151,7 @@ class _Stdout(_Guarded):
     def failed(self, exc: OSError) -> None:
         silence(self._stream)
         if isinstance(exc, BrokenPipeError):
+            _READER_GONE.append(True)  # stdout now points at /dev/null: remember why
             raise exc
         self.failure = f"cannot write to stdout: {exc.strerror or exc}"
         raise InputError(self.failure) from None

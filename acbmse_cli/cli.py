@@ -693,10 +693,15 @@ def _stdout_guard() -> Iterator[None]:
 
 
 def _stdout_is_a_closed_pipe() -> bool:
-    """Whether stdout is a pipe whose reader has gone (the write end then polls as an error)."""
+    """Whether stdout is a pipe whose reader has gone (the write end then polls as an error), or
+    was one when a write met it (stdout then points at /dev/null)."""
     import select
     import stat
 
+    from acbmse_cli._streams import reader_gone
+
+    if reader_gone():
+        return True
     try:
         fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
         if not stat.S_ISFIFO(os.fstat(fd).st_mode):

@@ -478,13 +478,14 @@ def _error_limit(counts: np.ndarray, edges: np.ndarray) -> float:
 
 
 def _error_axes(ax: Axes, limit: float, most: int) -> None:
+    # the zero line before the scale: on a symlog axis matplotlib 3.7 warns about a line at 0 alone
+    ax.axvline(0.0, color="0.4", linewidth=0.8, linestyle=":")
     # linscale: the middle bin (|error| < linthresh) as wide as the others, a twentieth of a decade
     ax.set_xscale("symlog", linthresh=_ERROR_LINTHRESH, linscale=0.025)
     ax.set_xlim(-limit, limit)
     ax.set_xticks(_error_ticks(limit))
     ax.set_ylim(0.5, max(most, 1) * 2.0)  # first: a class without elements has nothing to autoscale on
     ax.set_yscale("log")
-    ax.axvline(0.0, color="0.4", linewidth=0.8, linestyle=":")
     ax.set_xlabel("prediction − target  (the target's units; symmetric log scale)")
     ax.set_ylabel("elements per bin")
 

@@ -234,7 +234,8 @@ def test_precision_recall_steps_enclose_the_average_precision(tmp_path: Path) ->
     fig = eval_plots.draw_detection(comparison, styles)
     ax = fig.axes[0]
     assert "recall" in ax.get_xlabel() and "precision" in ax.get_ylabel()
-    assert str(paths["target"]) in fig.get_suptitle()
+    suptitle = fig._suptitle  # Figure.get_suptitle is matplotlib 3.8+, the floor is 3.7
+    assert suptitle is not None and str(paths["target"]) in suptitle.get_text()
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     for report, style in zip(comparison.reports, styles, strict=True):
         curve = report.detection_curve
