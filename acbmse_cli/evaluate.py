@@ -1167,18 +1167,43 @@ def _no_extremes() -> torch.Tensor:
 def _scan_hit_range(
     inputs: _Inputs, options: EvalOptions, rows: tuple[int, int], extremes: torch.Tensor
 ) -> None:
-    """Widen ``extremes`` (min, max) to the finite target values among the hits of samples ``rows``."""
-    with torch.inference_mode():
+    """Widen ``extremes`` (min, max) to the finite target values among the hits of samples ``rows``.
+
+    The smallest is looked for only where the figures need it (``figure_stats``); otherwise it is
+    taken to be the largest, and only the largest (the default grid's end) is exact.
+    """
+    threshold = options.classes.hit_threshold
+    with _recycled_temporaries(), torch.inference_mode():
         for start, stop in chunk_ranges(inputs.shape, options.chunk, rows):
             y = inputs.target.read(start, stop)
-            hits = hit_mask(y, options.classes.hit_threshold)
             keep = inputs.read_mask(start, stop)
-            values = y[hits if keep is None else hits & keep.to(hits.device)]
-            values = values[torch.isfinite(values)].to(torch.float64)
-            if values.numel():
-                low, high = torch.aminmax(values)
-                extremes[0] = torch.minimum(extremes[0], low)
-                extremes[1] = torch.maximum(extremes[1], high)
+            found = None if keep is not None or options.figure_stats else _largest_hit(y, threshold)
+            if found is None:
+                found = _hit_extremes(y, threshold, keep)
+            extremes[0] = min(float(extremes[0]), found[0])
+            extremes[1] = max(float(extremes[1]), found[1])
+
+
+def _largest_hit(y: torch.Tensor, threshold: float) -> tuple[float, float] | None:
+    """The largest value of ``y`` twice, where it is finite and a hit (then the largest hit); else
+    ``None``: one reduction, against the passes of :func:`_hit_extremes`."""
+    if not y.numel() or not y.is_floating_point():
+        return None
+    top = float(y.amax())
+    return (top, top) if math.isfinite(top) and top > threshold else None
+
+
+def _hit_extremes(y: torch.Tensor, threshold: float, keep: torch.Tensor | None) -> tuple[float, float]:
+    """The smallest and largest finite hit values of ``y`` (``inf``, ``-inf`` without any)."""
+    hits = hit_mask(y, threshold)
+    if keep is not None:
+        hits &= keep.to(hits.device)
+    values = y[hits]
+    values = values[torch.isfinite(values)].to(torch.float64)
+    if not values.numel():
+        return math.inf, -math.inf
+    low, high = torch.aminmax(values)
+    return float(low), float(high)
 
 
 def _merged_extremes(extremes: torch.Tensor) -> tuple[float | None, float | None]:

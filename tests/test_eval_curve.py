@@ -321,3 +321,23 @@ def test_a_corrupt_second_prediction_or_input_is_an_error_and_no_report(
         code, out, err = cli([*args, "--format", output, "--device", "cpu"], capsys)
         assert code == 2 and out == ""
         assert "corrupt.npz" in err and "CRC-32" in err
+
+
+@pytest.mark.parametrize(
+    ("values", "stop"),
+    [
+        ([0.0, 42.0, 0.0, 7.0], 50.0),  # the largest value is the largest hit
+        ([0.0, -42.0, 0.0, -7.0], 1.0),  # hits, none above the threshold: one unit
+        ([0.0, np.inf, 0.0, 7.0], 8.0),  # an infinite target is omitted, the largest finite hit counts
+        ([0.0, np.nan, 0.0, 12.0], 12.0),
+    ],
+)
+def test_the_default_grid_ends_at_the_largest_finite_hit(
+    tmp_path: Path, values: list[float], stop: float
+) -> None:
+    target = np.array([values] * 3)
+    np.save(tmp_path / "t.npy", target)
+    np.save(tmp_path / "p.npy", np.zeros_like(target))
+    options = EvalOptions(detect_curve=True, nan_policy="omit", chunk_elements=4)
+    doc = evaluate(tmp_path / "p.npy", tmp_path / "t.npy", options).to_dict()
+    assert doc["run"]["thresholds"] == f"0.0:{stop!r}:201"
