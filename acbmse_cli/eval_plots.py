@@ -259,26 +259,21 @@ def draw_detection(comparison: EvalComparison, styles: Sequence[PredictionStyle]
     reports = comparison.reports
     denoising = _has_denoising(reports)
     fig, axes = _grid_figure(2 if denoising else 1, columns=2, size=(5.8, 5.6))
-    ax = axes[0]
-    _iso_f1(ax)
-    for report, style in zip(reports, styles, strict=True):
-        _draw_precision_recall(ax, report, style)
-    _marker_keys(ax, reports)
-    _unit_square(
-        ax, "recall  (share of the true hits detected)", "precision  (share of detections that are hits)"
-    )
-    ax.legend(loc="best", fontsize=8, framealpha=0.9)
-    ax.set_title("precision against recall", fontsize=10)
-    if denoising:
-        ax = axes[1]
+    _iso_f1(axes[0])
+    panels = [
+        (_draw_precision_recall, "recall  (share of the true hits detected)",
+         "precision  (share of detections that are hits)", "precision against recall"),
+        (_draw_denoising, "signal retained  (share of the true hits kept)",
+         "noise removed  (share of the noise hits)",
+         "noise removed against signal retained (noise: hits of --input only)"),
+    ]  # fmt: skip
+    for ax, (draw, xlabel, ylabel, title) in zip(axes, panels, strict=False):
         for report, style in zip(reports, styles, strict=True):
-            _draw_denoising(ax, report, style)
+            draw(ax, report, style)
         _marker_keys(ax, reports)
-        _unit_square(
-            ax, "signal retained  (share of the true hits kept)", "noise removed  (share of the noise hits)"
-        )
+        _unit_square(ax, xlabel, ylabel)
         ax.legend(loc="best", fontsize=8, framealpha=0.9)
-        ax.set_title("noise removed against signal retained (noise: hits of --input only)", fontsize=10)
+        ax.set_title(title, fontsize=10)
     _title(fig, f"Hit finding against {comparison.target}", _detection_line(reports[0]))
     return fig
 

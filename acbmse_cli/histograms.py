@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from acbmse_cli.stats import Summable, hit_mask, threshold_in
+from acbmse_cli.stats import SUM, Summable, hit_mask, threshold_in
 
 __all__ = [
     "DEFAULT_GRID_POINTS",
@@ -46,8 +46,6 @@ __all__ = [
     "error_bin_edges",
     "error_stats",
 ]
-
-SUM: Any = {"merge": "sum"}
 
 DEFAULT_GRID_POINTS = 201
 """Thresholds of the default grid: from the hit threshold to the largest hit value of the target."""

@@ -60,14 +60,15 @@ def _json_safe(value: Any, path: str = "", found: list[str] | None = None) -> An
     return value
 
 
-def _report_doc(result: EvalResult) -> dict[str, Any]:
-    """One prediction's JSON document; a value that overflowed to infinity (or is NaN) is ``null``
-    like an empty class's statistics, and its path is listed under ``non_finite`` to tell them apart."""
+def _report_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    """One prediction's JSON document made JSON-safe; a value that overflowed to infinity (or is NaN)
+    is ``null`` like an empty class's statistics, and its path is listed under ``non_finite`` to tell
+    them apart."""
     found: list[str] = []
-    doc: dict[str, Any] = _json_safe(result.to_dict(), found=found)
+    safe: dict[str, Any] = _json_safe(doc, found=found)
     if found:
-        doc["non_finite"] = found
-    return doc
+        safe["non_finite"] = found
+    return safe
 
 
 #: The precisions at which the table tells the highest recall of the curve.
@@ -84,9 +85,10 @@ def render_json(results: EvalResult | EvalComparison) -> str:
     :meth:`EvalComparison.to_dict` for several."""
     reports = _reports(results)
     if len(reports) == 1:
-        doc = _report_doc(reports[0])
+        doc = _report_doc(reports[0].to_dict())
     else:
-        doc = {"target": reports[0].target, "reports": [_report_doc(r) for r in reports]}
+        doc = results.to_dict()
+        doc["reports"] = [_report_doc(r) for r in doc["reports"]]
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 

@@ -43,8 +43,8 @@ _SAME_WIDTH_INT = {
 }
 
 #: Field metadata: how two parts of the data merge.
-_SUM: dict[str, Merge] = {"merge": "sum"}
-_MAX: dict[str, Merge] = {"merge": "max"}
+SUM: dict[str, Merge] = {"merge": "sum"}
+MAX: dict[str, Merge] = {"merge": "max"}
 
 
 class Summable:
@@ -103,12 +103,12 @@ class ClassStats(Summable):
     fields after ``sse`` are filled only by ``class_stats(..., extended=True)``.
     """
 
-    count: Tensor = field(metadata=_SUM)
-    sse: Tensor = field(metadata=_SUM)
-    sae: Tensor | None = field(default=None, metadata=_SUM)
-    max_abs_error: Tensor | None = field(default=None, metadata=_MAX)
-    sum_target: Tensor | None = field(default=None, metadata=_SUM)
-    sum_input: Tensor | None = field(default=None, metadata=_SUM)
+    count: Tensor = field(metadata=SUM)
+    sse: Tensor = field(metadata=SUM)
+    sae: Tensor | None = field(default=None, metadata=SUM)
+    max_abs_error: Tensor | None = field(default=None, metadata=MAX)
+    sum_target: Tensor | None = field(default=None, metadata=SUM)
+    sum_input: Tensor | None = field(default=None, metadata=SUM)
 
     if TYPE_CHECKING:
 
