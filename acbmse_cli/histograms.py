@@ -15,7 +15,8 @@ fixed before any data is read (a threshold grid, or the bounds of a figure), so 
 :func:`detection_curve` turns detection counts into recall, precision, F1, average precision
 and the best-F1 operating point; it is the one place those are computed.
 
-This module depends on torch only.
+This module depends on torch only (and on the compiled CPU pass of :mod:`acbmse_cli._native_pass`
+where it was built).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from acbmse_cli import _native_pass
 from acbmse_cli.stats import SUM, Summable, hit_mask, threshold_in
 
 __all__ = [
@@ -146,15 +148,30 @@ def count_below(values: Tensor, grid: ThresholdGrid) -> Tensor:
     one comparison; any other grid, or one too fine for the values' precision, by binary search.
     Half-precision values are binned in float32 (which holds them exactly), integers in float64.
     """
-    if not values.is_floating_point():
-        values = values.to(torch.float64)
-    elif torch.finfo(values.dtype).bits < 32:
-        values = values.to(torch.float32)
+    values = _binned(values)
     edges = _edges_in(values.dtype, grid, values.device)
     if grid.linear and _arithmetic_is_exact(values.dtype, grid):
         return _count_below_linear(values, edges, grid)
     below = torch.searchsorted(edges, values)
     return torch.where(torch.isnan(values), 0, below) if values.numel() else below
+
+
+def _binned(values: Tensor) -> Tensor:
+    """The values in the dtype they are binned in: half precision in float32 (which holds it
+    exactly), integers in float64, float32 and float64 as they are."""
+    if not values.is_floating_point():
+        return values.to(torch.float64)
+    if torch.finfo(values.dtype).bits < 32:
+        return values.to(torch.float32)
+    return values
+
+
+def _linear_guess(grid: ThresholdGrid) -> tuple[float, float]:
+    """``(1 / step, offset)`` of the guess ``floor(v / step + offset)`` of an evenly spaced grid."""
+    n = len(grid)
+    start = grid.values[0]
+    inverse_step = (n - 1) / (grid.values[-1] - start)
+    return inverse_step, 1.0 - _GUESS_MARGIN - start * inverse_step
 
 
 @functools.lru_cache(maxsize=32)
@@ -181,9 +198,7 @@ def _count_below_linear(values: Tensor, edges: Tensor, grid: ThresholdGrid) -> T
     """``floor((v - start) / step + 1 - margin)`` is the count or one less (never more): one
     comparison with the next threshold (``edges[count]``, ``+inf`` past the last) settles it."""
     n = len(grid)
-    start = grid.values[0]
-    inverse_step = (n - 1) / (grid.values[-1] - start)
-    offset = 1.0 - _GUESS_MARGIN - start * inverse_step
+    inverse_step, offset = _linear_guess(grid)
     guess = torch.mul(values, inverse_step).add_(offset).floor_().nan_to_num_(0.0).clamp_(0, n)
     below = guess.to(torch.int32)  # int32 halves the bytes of every pass that follows
     below += values > edges.index_select(0, below)
@@ -230,6 +245,15 @@ def detection_stats(
     """The bin counts of ``input`` (the predictions) for the true hits (``|target| >
     hit_threshold``), the non-hits and, given ``noisy`` (the network's input), the noise hits
     (``|noisy| > hit_threshold`` where the target is a non-hit)."""
+    if _native_pass.applies(input, target, noisy):  # every bin in one pass over the elements
+        values = _binned(input.detach())
+        linear = grid.linear and _arithmetic_is_exact(values.dtype, grid)
+        edges = _edges_in(values.dtype, grid, values.device)[: len(grid) + linear]
+        hits, nonhits, noise_bins = _native_pass.detection_bins(
+            values, target.detach(), edges, linear=_linear_guess(grid) if linear else None,
+            hit_threshold=hit_threshold, noisy=None if noisy is None else noisy.detach(),
+        )  # fmt: skip
+        return DetectionStats(hits, nonhits, noise_bins)
     x, truth = input.reshape(-1), hit_mask(target.reshape(-1), hit_threshold)
     bins = len(grid) + 1
     key = count_below(x, grid).add_(truth, alpha=bins)  # the hits' bins after the non-hits'

@@ -5,7 +5,8 @@ two parts of the data merge (``sum``, or ``max`` for the largest error), and add
 pooling and the cross-rank merge all read that declaration.  A new summable statistic is
 one more declared field.
 
-This module depends on torch only.
+This module depends on torch only (and on the compiled CPU pass of :mod:`acbmse_cli._native_pass`
+where it was built).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
+
+from acbmse_cli import _native_pass
 
 __all__ = [
     "ClassStats",
@@ -490,7 +493,9 @@ def class_stats(
     )
     stats: ClassStats | None = None
     differentiable = torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)
-    if member.labelled:  # K classes: sums by index, in memory that does not grow with K
+    if acc == torch.float64 and host_sync and not differentiable and _native_pass.applies(x, y, labels, mask):
+        stats = _stats_by_native_pass(x, y, member)  # every statistic in one pass over the elements
+    elif member.labelled:  # K classes: sums by index, in memory that does not grow with K
         stats = _stats_by_index(x.to(acc), y.to(acc), member, extended=extended)
     elif host_sync and not differentiable:
         stats = _stats_by_matmul(x, y, member, acc)
@@ -520,6 +525,24 @@ def _check_stats_inputs(
     if mask is not None:
         check_mask(mask, target)
     check_per_sample(input, per_sample=per_sample)
+
+
+def _stats_by_native_pass(x: Tensor, y: Tensor, member: Membership) -> ClassStats:
+    """Every statistic of ``(S, M)`` CPU views in float64, each element read once by the compiled
+    pass (:mod:`acbmse_cli._native_pass`); the same sums as :func:`_stats_by_masks`, in another
+    order.  A label outside ``[0, K)`` is in no class, as there."""
+    count, sums, largest, _ = _native_pass.class_sums(
+        x, y, hit_threshold=member.hit_threshold, labels=member.labels, num_classes=member.num_classes,
+        mask=member.mask,
+    )  # fmt: skip
+    return ClassStats(
+        count=count,
+        sse=sums[..., 0],
+        sae=sums[..., 1],
+        max_abs_error=largest,
+        sum_target=sums[..., 2],
+        sum_input=sums[..., 3],
+    )
 
 
 def _stats_by_matmul(x: Tensor, y: Tensor, member: Membership, acc: torch.dtype) -> ClassStats | None:
