@@ -24,13 +24,14 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from acbmse_cli import _distributed
+from acbmse_cli import _distributed, _native_pass
 from acbmse_cli._checks import as_input_error, check_real, check_weight
 from acbmse_cli._folders import FileGroup, FolderSet, are_folders, match_folders, share_by_size
 from acbmse_cli._provenance import run_record
@@ -600,6 +601,17 @@ class _ChunkResult:
     curve: DetectionStats | None = None  # at every threshold of the curve's grid
     figures: ErrorStats | None = None
     masked: int = 0  # elements that the mask left out
+    # the detection and figure counts, still being worked out on the side thread
+    counting: Future[_Counts] | None = None
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """The histogram counts of one chunk: detection, curve and figure statistics (``None``: not asked)."""
+
+    detection: DetectionStats | None = None
+    curve: DetectionStats | None = None
+    figures: ErrorStats | None = None
 
 
 @dataclass(frozen=True)
@@ -654,6 +666,13 @@ class _ChunkComputer:
         self.row_size = inputs.row_size
         # Integers and bools are finite: only floating-point files need the check.
         self.check_finite = any(s.dtype.startswith(("float", "bfloat")) for s in (pred, inputs.target))
+        self.side: ThreadPoolExecutor | None = None  # where the histograms are counted, if not here
+
+    @property
+    def counts_histograms(self) -> bool:
+        """Whether a chunk has histograms to count (detection, curve or figures)."""
+        plan = self.plan
+        return plan.fixed is not None or plan.curve is not None or plan.bounds is not None
 
     def compute(self, start: int, stop: int, chunk: _Chunk) -> _ChunkResult:
         """The statistics of elements ``[start, stop)``, whose values are ``chunk``."""
@@ -681,18 +700,32 @@ class _ChunkComputer:
         return result
 
     def _count_detection(self, result: _ChunkResult, chunk: _Chunk) -> None:
+        if not self.counts_histograms:
+            return
+        if self.side is not None:
+            result.counting = self.side.submit(self._counts, chunk)
+            return
+        counts = self._counts(chunk)
+        result.detection, result.curve, result.figures = counts.detection, counts.curve, counts.figures
+
+    def _counts(self, chunk: _Chunk) -> _Counts:
         plan, threshold = self.plan, self.classes.hit_threshold
-        for name, grid in (("detection", plan.fixed), ("curve", plan.curve)):
-            if grid is not None:
-                counts = detection_stats(chunk.x, chunk.y, grid, hit_threshold=threshold, noisy=chunk.noisy)
-                setattr(result, name, counts)
-        if plan.bounds is not None:
-            if chunk.lab is None:
-                hit = hit_mask(chunk.y, threshold)
-                classes, num = hit.to(torch.int64), 2
-            else:
-                hit, classes, num = None, chunk.lab.to(torch.int64), self.classes.num_classes
-            result.figures = error_stats(chunk.x, chunk.y, classes, num, plan.bounds, hit=hit)
+        with torch.inference_mode():  # also on the side thread, where the mode is not inherited
+            fixed, curve = (
+                None
+                if grid is None
+                else detection_stats(chunk.x, chunk.y, grid, hit_threshold=threshold, noisy=chunk.noisy)
+                for grid in (plan.fixed, plan.curve)
+            )
+            figures = None
+            if plan.bounds is not None:
+                if chunk.lab is None:
+                    hit = hit_mask(chunk.y, threshold)
+                    classes, num = hit.to(torch.int64), 2
+                else:
+                    hit, classes, num = None, chunk.lab.to(torch.int64), self.classes.num_classes
+                figures = error_stats(chunk.x, chunk.y, classes, num, plan.bounds, hit=hit)
+        return _Counts(fixed, curve, figures)
 
     def _class_stats(
         self,
@@ -894,6 +927,7 @@ class _Accumulator:
         self.row_size = inputs.row_size
         self.totals = _Totals.zeros(options, plan, inputs.device, first_bad=(pred.size, inputs.target.size))
         self.row_stats: ClassStats | None = None  # the sample being read in parts
+        self.counting: Future[_Counts] | None = None  # the last chunk's counts, on the side thread
 
     def fold(self, result: _ChunkResult) -> None:
         totals = self.totals
@@ -902,10 +936,10 @@ class _Accumulator:
             totals.add_nonfinite(result.nonfinite)
         if totals.nonfinite != (0, 0) and not self.omit:
             return  # the run ends in an error: only the non-finite values are still counted
-        for name in ("detection", "curve", "figures"):
-            part = getattr(result, name)
-            if part is not None:
-                setattr(totals, name, getattr(totals, name) + part)
+        # one chunk's counts in flight at a time: the side thread works while the next chunk is read
+        self.settle()
+        self.counting = result.counting
+        self._add_counts(_Counts(result.detection, result.curve, result.figures))
         if not self.per_sample:
             totals.stats = totals.stats + result.stats
         elif result.rows:
@@ -913,6 +947,19 @@ class _Accumulator:
             self._offer(result.start // self.row_size, result.stats)
         else:
             self._fold_part_of_sample(result)
+
+    def settle(self) -> None:
+        """Add the counts still being worked out on the side thread."""
+        if self.counting is not None:
+            counting, self.counting = self.counting, None
+            self._add_counts(counting.result())
+
+    def _add_counts(self, counts: _Counts) -> None:
+        totals = self.totals
+        for name in ("detection", "curve", "figures"):
+            part = getattr(counts, name)
+            if part is not None:
+                setattr(totals, name, getattr(totals, name) + part)
 
     def _fold_part_of_sample(self, result: _ChunkResult) -> None:
         """Part of one sample: added up until the sample is complete, then ranked."""
@@ -1030,21 +1077,61 @@ def _stream(
     ranges: Iterable[tuple[int, int]],
     progress: Callable[[int], None],
 ) -> None:
-    """Read, compute and fold every range, on one CPU thread (or the GPU)."""
+    """Read, compute and fold every range, on one CPU thread (or the GPU); the histograms of
+    detection and figures on a second thread where the machine has a core for it."""
+    with _chunk_loop(), _side_thread(inputs, computers) as side:
+        for computer in computers:
+            computer.side = side
+        for start, stop in ranges:
+            y, lab, noisy = inputs.read_shared(start, stop)
+            keep = inputs.read_mask(start, stop)
+            for pred, computer, accumulator in zip(inputs.preds, computers, accumulators, strict=True):
+                x = pred.read(start, stop).to(inputs.device)
+                accumulator.fold(computer.compute(start, stop, _Chunk(x, y, lab, noisy, keep)))
+            progress(stop - start)
+        for accumulator in accumulators:
+            accumulator.settle()
+
+
+def _idle_cores() -> int:
+    """The cores this process may run on, less one per other process of the job (torchrun)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores - _distributed.world()[1]
+
+
+@contextlib.contextmanager
+def _side_thread(
+    inputs: _Inputs, computers: Sequence[_ChunkComputer]
+) -> Iterator[ThreadPoolExecutor | None]:
+    """A second thread for the histograms of CPU chunks, where a core is free for it and the
+    compiled pass counts them (it releases the GIL; torch's own passes would mostly wait on it).
+
+    Reading and the class sums stay on the calling thread; the histograms of a chunk are
+    counted on the side while the next chunk is read.  Integer counts: the sums do not depend
+    on which thread adds what.  ``None`` where the chunks are counted on the calling thread.
+    """
+    wanted = any(c.counts_histograms for c in computers) and inputs.device.type == "cpu"
+    if not (wanted and _native_pass.ENABLED and _idle_cores() >= 1):
+        yield None
+        return
+    with ThreadPoolExecutor(max_workers=1, initializer=torch.set_num_threads, initargs=(1,)) as side:
+        yield side
+
+
+@contextlib.contextmanager
+def _chunk_loop() -> Iterator[None]:
+    """How every pass over the chunks runs: one torch thread, recycled temporaries, no autograd.
+
+    One thread: the steps of a chunk are too short for torch's thread team, whose barriers
+    stall every step whenever another process holds one of the cores (a pass over the target
+    took 2.9 s with two threads against 0.02 s with one, on a machine where another process
+    was busy).  More cores: more processes, under torchrun.
+    """
     threads = torch.get_num_threads()
-    # One thread: the steps of a chunk are too short for torch's thread team, whose
-    # barriers stall every step whenever another process holds one of the cores.
-    # More cores: more processes, under torchrun.
     torch.set_num_threads(1)
     try:
         with _recycled_temporaries(), torch.inference_mode():
-            for start, stop in ranges:
-                y, lab, noisy = inputs.read_shared(start, stop)
-                keep = inputs.read_mask(start, stop)
-                for pred, computer, accumulator in zip(inputs.preds, computers, accumulators, strict=True):
-                    x = pred.read(start, stop).to(inputs.device)
-                    accumulator.fold(computer.compute(start, stop, _Chunk(x, y, lab, noisy, keep)))
-                progress(stop - start)
+            yield
     finally:
         torch.set_num_threads(threads)
 
@@ -1173,7 +1260,7 @@ def _scan_hit_range(
     taken to be the largest, and only the largest (the default grid's end) is exact.
     """
     threshold = options.classes.hit_threshold
-    with _recycled_temporaries(), torch.inference_mode():
+    with _chunk_loop():
         for start, stop in chunk_ranges(inputs.shape, options.chunk, rows):
             y = inputs.target.read(start, stop)
             keep = inputs.read_mask(start, stop)
