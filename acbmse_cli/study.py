@@ -540,7 +540,7 @@ def _draw_figure(result: StudyResult) -> Figure:
 
     summaries = result.summaries()
     densities = list(dict.fromkeys(s["signal_hits"] for s in summaries))
-    fig = new_figure(figsize=(4.6 * len(densities) + 0.6, 11.0), layout="constrained")
+    fig = new_figure(figsize=(max(4.6 * len(densities) + 0.6, 6.0), 11.0), layout="constrained")
     grid = fig.add_gridspec(3, len(densities))
     seeds = max((len(s["runs"]) for s in summaries), default=0)
     for col, hits in enumerate(densities):
@@ -555,7 +555,9 @@ def _draw_figure(result: StudyResult) -> Figure:
                 ax.set_title(title)
         _plot_operating_points(fig.add_subplot(grid[2, col]), rows)
     steps = result.plan.base.steps
-    fig.suptitle(f"{steps} steps; mean and standard deviation over {seeds} seeds (bars, bands: ±1 sd)")
+    fig.suptitle(
+        f"after {steps} training steps, over {seeds} seeds:\nmean, ±1 standard deviation as bars, bands"
+    )
     return fig
 
 
