@@ -18,13 +18,15 @@ the list of its runs, and :func:`mean_and_sd` of their metrics.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -463,9 +465,10 @@ def _run_in_pool(
     queue = context.SimpleQueue() if progress is not None else None
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(queue,))
     try:
-        pending: dict[Future[StudyRun], int] = {
-            pool.submit(_run_in_worker, index, options, device): index for index, options in tasks
-        }
+        with _interrupts_ignored_by_new_processes():
+            pending: dict[Future[StudyRun], int] = {
+                pool.submit(_run_in_worker, index, options, device): index for index, options in tasks
+            }
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             if queue is not None and progress is not None:
@@ -476,6 +479,21 @@ def _run_in_pool(
         _stop_workers(pool)
         raise
     pool.shutdown()
+
+
+@contextlib.contextmanager
+def _interrupts_ignored_by_new_processes() -> Iterator[None]:
+    """Within (where the pool starts its workers): SIGINT ignored, a setting that a new process keeps
+    through ``exec``, so that a Ctrl-C while a worker imports torch is no traceback of its own.  The
+    parent, back to its handler, stops the workers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _drain(queue: SimpleQueue[tuple[int, int]], progress: StudyProgress) -> None:
