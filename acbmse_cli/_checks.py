@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from acbmse_cli.errors import InputError
 
@@ -24,9 +24,12 @@ __all__ = [
     "as_input_error",
     "check_choice",
     "check_integer",
+    "check_list",
     "check_real",
     "check_weight",
 ]
+
+_T = TypeVar("_T")
 
 #: The largest float32: weights must stay in range so that the loss never overflows its dtype.
 FLOAT32_MAX = 3.4028234663852886e38
@@ -98,6 +101,31 @@ def check_choice(option: str, value: Any, choices: tuple[Any, ...]) -> Any:
     if value not in choices:
         raise ValueError(f"{option} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
+
+
+def check_list(
+    option: str, value: object, check: Callable[[str, object], _T], *, integers: bool = False
+) -> tuple[_T, ...]:
+    """A comma-separated list (``"1,3,10"``), or one value, each item through ``check``; no item twice.
+
+    Items of a text are read as integers where ``integers`` is set, else as real numbers.
+    """
+    what = "whole numbers" if integers else "numbers"
+    items: list[object] = list(value.split(",")) if isinstance(value, str) else [value]
+    checked: list[_T] = []
+    for item in items:
+        if isinstance(item, str):
+            try:
+                item = int(item) if integers else float(item)
+            except ValueError:
+                raise ValueError(
+                    f"{option} must be a comma-separated list of {what}, got {value!r}"
+                ) from None
+        checked.append(check(option, item))
+    for i, item in enumerate(checked):
+        if item in checked[:i]:
+            raise ValueError(f"{option} names {item!r} twice, in {value!r}")
+    return tuple(checked)
 
 
 @contextlib.contextmanager

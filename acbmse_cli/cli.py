@@ -568,8 +568,25 @@ DEMO_HELP = (
     "Same initial weights, batches, optimiser and steps for every loss. Each model is then scored on a "
     "held-out set: hit recall, precision, F1 (a hit is detected where the output is above 10, half the "
     "smallest hit value), the share of the input's noise hits removed, the share of blank outputs (no "
-    "pixel above 10), average precision and best F1 over 201 thresholds, MSE per class."
+    "pixel above 10), average precision and best F1 over 201 thresholds, MSE per class.\n\n"
+    "A grid: lists of --hit-weight, --nonhit-weight or --signal-hits, or --seeds N, train every "
+    "configuration with every seed and report the mean and standard deviation over the seeds."
 )
+GRID = "Grid"
+
+
+def _number_list(option: str, *, integers: bool = False) -> Any:
+    """The parser of an option that takes a comma-separated list: a tuple of checked values."""
+    from acbmse_cli._checks import as_input_error, check_integer, check_list, check_weight
+
+    def check(name: str, value: object) -> Any:
+        return check_integer(name, value, minimum=10) if integers else check_weight(name, value)
+
+    def parse(value: object) -> Any:
+        with as_input_error():
+            return check_list(option, value, check, integers=integers)
+
+    return parse
 
 
 @app.command(cls=_Command, help=DEMO_HELP)
@@ -593,15 +610,65 @@ def demo(
             help="Comma-separated subset of mse, mae, acb_mse, in table order.", rich_help_panel=TRAINING
         ),
     ] = "mse,mae,acb_mse",
-    hit_weight: HitWeightOption = 1.0,
-    nonhit_weight: NonhitWeightOption = 1.0,
+    # A list option's value is the tuple its parser makes; its default stays the plain number.
+    hit_weight: Annotated[
+        Any,
+        typer.Option(
+            "--hit-weight",
+            parser=_number_list("--hit-weight"),
+            metavar="A[,A...]",
+            help="A: the ACB-MSE weight of the hit class (>= 0); a comma-separated list makes a grid.",
+            rich_help_panel=CLASSES,
+        ),
+    ] = 1.0,
+    nonhit_weight: Annotated[
+        Any,
+        typer.Option(
+            "--nonhit-weight",
+            parser=_number_list("--nonhit-weight"),
+            metavar="B[,B...]",
+            help="B: the ACB-MSE weight of the non-hit class (>= 0); a comma-separated list makes a grid.",
+            rich_help_panel=CLASSES,
+        ),
+    ] = 1.0,
+    signal_hits: Annotated[
+        Any,
+        typer.Option(
+            "--signal-hits",
+            parser=_number_list("--signal-hits", integers=True),
+            metavar="N[,N...]",
+            show_default=False,
+            help=(
+                "Typical signal hits per frame (10 to an eighth of the pixels; default: the patterns' "
+                "natural size, about 200); a comma-separated list makes a grid over densities."
+            ),
+            rich_help_panel=GRID,
+        ),
+    ] = None,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            help="Train every configuration with this many seeds, --seed, --seed + 1, ...; above 1 makes a "
+            "grid.",
+            rich_help_panel=GRID,
+        ),
+    ] = 1,
+    jobs: Annotated[
+        str,
+        typer.Option(
+            help="Processes for the runs of a grid: auto (as many as the CPUs hold at --threads each) or N. "
+            "The results do not depend on it.",
+            rich_help_panel=GRID,
+        ),
+    ] = "auto",
     eval_frames: Annotated[
         int, typer.Option(help="Frames in the held-out set (>= 1).", rich_help_panel=TRAINING)
     ] = 200,
     out: Annotated[
         str | None,
         typer.Option(
-            help="Folder for the figure demo.png (held-out frames, training and precision-recall curves).",
+            help="Folder for the figure demo.png (held-out frames, training and precision-recall curves); "
+            "for a grid, study.png (AP and best F1 against B/A, operating points).",
             rich_help_panel=OUTPUT,
         ),
     ] = None,
@@ -610,7 +677,7 @@ def demo(
         typer.Option(
             help=(
                 "Folder for the held-out set as .npy files: input.npy, target.npy and pred_<loss>.npy, "
-                "float32 (N, 1, H, W); e.g. acbmse eval DIR/pred_acb_mse.npy DIR/target.npy."
+                "float32 (N, 1, H, W); e.g. acbmse eval DIR/pred_acb_mse.npy DIR/target.npy. One run only."
             ),
             rich_help_panel=OUTPUT,
         ),
@@ -623,36 +690,51 @@ def demo(
     threads: Annotated[
         int | None,
         typer.Option(
-            help="torch CPU threads (default: half the CPUs available, 1 to 4).", rich_help_panel=EXECUTION
+            help="torch CPU threads (default: half the CPUs available, 1 to 4; in a grid, 1 per run).",
+            rich_help_panel=EXECUTION,
         ),
     ] = None,
     frame_size: Annotated[str, typer.Option(hidden=True)] = "88x128",
 ) -> None:
-    from acbmse_cli._files import OutputDir
-    from acbmse_cli.demo import (
-        DemoOptions,
-        check_outputs,
-        parse_frame_size,
-        parse_losses,
-        run_demo,
-        save_outputs,
-    )
-    from acbmse_cli.devices import resolve_device
-    from acbmse_cli.report import TrainingProgress, render_demo_table, stdout_console
+    from acbmse_cli.demo import DemoOptions, parse_frame_size, parse_losses
+    from acbmse_cli.study import StudyPlan, parse_jobs
 
+    processes = parse_jobs(jobs)
     height, width = parse_frame_size(frame_size)
+    densities: tuple[int | None, ...] = (None,) if signal_hits is None else signal_hits
     options = DemoOptions(
         steps=steps,
         batch_size=batch_size,
         seed=seed,
         losses=parse_losses(losses),
-        hit_weight=hit_weight,
-        nonhit_weight=nonhit_weight,
+        hit_weight=hit_weight[0],
+        nonhit_weight=nonhit_weight[0],
         eval_frames=eval_frames,
         height=height,
         width=width,
         threads=threads,
+        signal_hits=densities[0],
     )
+    if seeds == 1 and len(hit_weight) == len(nonhit_weight) == len(densities) == 1:
+        _one_demo(options, out=out, save_data=save_data, output_format=output_format, quiet=quiet,
+                  device=device)  # fmt: skip
+        return
+    if save_data is not None:
+        raise InputError("--save-data writes the held-out set of one run: it takes no grid (lists, --seeds)")
+    plan = StudyPlan(options, hit_weights=hit_weight, nonhit_weights=nonhit_weight,
+                     signal_hits=densities, seeds=seeds)  # fmt: skip
+    _demo_grid(plan, jobs=processes, out=out, output_format=output_format, quiet=quiet, device=device)
+
+
+def _one_demo(
+    options: Any, *, out: str | None, save_data: str | None, output_format: str, quiet: bool, device: str
+) -> None:
+    """One run of every loss: its tables or JSON on stdout, its figure and data where asked."""
+    from acbmse_cli._files import OutputDir
+    from acbmse_cli.demo import check_outputs, run_demo, save_outputs
+    from acbmse_cli.devices import resolve_device
+    from acbmse_cli.report import TrainingProgress, render_demo_table, stdout_console
+
     figure_dir = None if out is None else OutputDir(out, option="--out")
     data_dir = None if save_data is None else OutputDir(save_data, option="--save-data")
     check_outputs(options, data_dir=data_dir, figure_dir=figure_dir)  # before training, not after
@@ -665,6 +747,46 @@ def demo(
             sys.stdout.write(result.to_json() + "\n")
         else:
             render_demo_table(result, stdout_console())
+
+
+def _demo_grid(
+    plan: Any, *, jobs: int | None, out: str | None, output_format: str, quiet: bool, device: str
+) -> None:
+    """Every run of ``plan``, after its checks and an estimate of its time on stderr; the table or JSON
+    on stdout, the figure where asked.  Interrupted, it prints the rows that finished, then exits as a
+    signal does."""
+    from acbmse_cli._files import OutputDir
+    from acbmse_cli.devices import resolve_device
+    from acbmse_cli.report import StudyProgressBar
+    from acbmse_cli.study import StudyInterrupted, default_jobs, estimate_seconds, run_study, save_figure
+
+    figure_dir = None if out is None else OutputDir(out, option="--out")
+    plan.check_outputs(figure_dir)
+    torch_device = str(resolve_device(device))
+    processes = default_jobs(len(plan.runs()), plan.threads) if jobs is None else jobs
+    plan.check_memory(processes, torch_device)
+    if not quiet:
+        sys.stderr.write(plan.describe(processes, estimate_seconds(plan, processes, torch_device)) + "\n")
+        sys.stderr.flush()
+    try:
+        with StudyProgressBar(len(plan.runs()), plan.base.steps, enabled=not quiet) as progress:
+            result = run_study(plan, jobs=processes, device=torch_device, progress=progress.callback)
+    except StudyInterrupted as stop:
+        _print_study(stop.result, output_format)
+        raise
+    if figure_dir is not None:
+        _tell_written(save_figure(result, figure_dir))
+    _print_study(result, output_format)
+
+
+def _print_study(result: Any, output_format: str) -> None:
+    from acbmse_cli.report import render_study_table, stdout_console
+
+    with _stdout_guard():
+        if output_format == "json":
+            sys.stdout.write(result.to_json() + "\n")
+        else:
+            render_study_table(result, stdout_console())
 
 
 # --------------------------------------------------------------------------- streams and exit codes

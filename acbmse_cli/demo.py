@@ -154,6 +154,9 @@ class DemoOptions:
         learning_rate: Adam's learning rate.
         threads: torch CPU threads while training; ``None``: half the CPUs this process may use, at
             least 1 and at most 4 (see :func:`default_threads`).
+        signal_hits: the typical number of signal hits per frame (the synthetic data's
+            :attr:`~acbmse_cli.synthetic.SyntheticConfig.signal_hits`); ``None``: the patterns' natural
+            size, about 200 hits at 88 x 128.
     """
 
     steps: int = 1000
@@ -169,6 +172,7 @@ class DemoOptions:
     latent: int = 64
     learning_rate: float = 2e-3
     threads: int | None = None
+    signal_hits: int | None = None
 
     def __post_init__(self) -> None:
         with as_input_error():
@@ -215,7 +219,7 @@ class DemoOptions:
 
     def data_config(self) -> SyntheticConfig:
         """The synthetic data's settings for this run's frame size."""
-        return SyntheticConfig(height=self.height, width=self.width)
+        return SyntheticConfig(height=self.height, width=self.width, signal_hits=self.signal_hits)
 
     @property
     def detect_threshold(self) -> float:
@@ -329,6 +333,7 @@ class DemoResult:
     def run_record(self) -> dict[str, Any]:
         """The version and every option that shaped the numbers."""
         o = self.options
+        density = {} if o.signal_hits is None else {"signal_hits": o.signal_hits}
         return run_record(
             {
                 "steps": o.steps,
@@ -337,6 +342,7 @@ class DemoResult:
                 "losses": o.losses,
                 "hit_weight": o.hit_weight,
                 "nonhit_weight": o.nonhit_weight,
+                **density,
                 "eval_frames": o.eval_frames,
                 "frame_size": f"{o.height}x{o.width}",
                 "learning_rate": o.learning_rate,

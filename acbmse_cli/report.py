@@ -651,9 +651,10 @@ def _demo_cell(value: object, digits: int = 3) -> str:
 
 def _demo_title(result: DemoResult) -> str:
     opts = result.options
+    density = "" if opts.signal_hits is None else f", about {opts.signal_hits} signal hits each"
     return (
-        f"{opts.eval_frames} held-out frames of {opts.height}x{opts.width} after {opts.steps} steps "
-        f"of {opts.batch_size} frames (seed {opts.seed}, {result.device})"
+        f"{opts.eval_frames} held-out frames of {opts.height}x{opts.width}{density} after {opts.steps} "
+        f"steps of {opts.batch_size} frames (seed {opts.seed}, {result.device})"
     )
 
 
@@ -791,3 +792,138 @@ class TrainingProgress:
     def __exit__(self, *exc: object) -> None:
         if self.shown:
             self._bars.stop()
+
+
+# --------------------------------------------------------------------------- the study
+#
+# ``acbmse demo`` with lists of weights or densities, or several seeds: a row per configuration with
+# the mean and standard deviation over its seeds, laid out like the eval report (value columns split
+# over several tables where the terminal is narrow, never a number cut).
+
+if TYPE_CHECKING:
+    from acbmse_cli.study import StudyResult
+
+__all__ += ["StudyProgressBar", "render_study_table"]
+
+#: The study table's value columns: header words, the metric (``best_f1``: its ``f1``), the decimals.
+_STUDY_COLUMNS: tuple[tuple[tuple[str, ...], str, int], ...] = (
+    (("AP",), "average_precision", 3),
+    (("best", "F1"), "best_f1", 3),
+    (("signal", "retained"), "signal_retained", 3),
+    (("noise", "removed"), "noise_removed", 3),
+    (("blank", "frames"), "blank_fraction", 3),
+    (("MSE", "hits"), "mse_hit", 1),
+    (("MSE", "non-hits"), "mse_nonhit", 2),
+)
+
+
+def _study_number(stats: dict[str, Any], metric: str) -> float | None:
+    value = stats.get(metric)
+    if isinstance(value, dict):
+        value = value.get("f1")
+    return value if isinstance(value, (int, float)) else None
+
+
+def _mean_sd_cell(mean: float | None, sd: float | None, digits: int) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def _weight_cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:g}"
+
+
+def _study_grid(result: StudyResult) -> _Grid:
+    from acbmse_cli._loss_names import LOSS_LABELS
+
+    summaries = result.summaries()
+    keys: list[_Column] = []
+    if result.plan.signal_hits != (None,):
+        keys.append(_Column(("signal", "hits"), tuple(str(s["signal_hits"]) for s in summaries)))
+    keys += [
+        _Column(("loss",), tuple(LOSS_LABELS[s["loss"]] for s in summaries), justify="left"),
+        _Column(("A",), tuple(_weight_cell(s["hit_weight"]) for s in summaries)),
+        _Column(("B",), tuple(_weight_cell(s["nonhit_weight"]) for s in summaries)),
+        _Column(("seeds",), tuple(str(len(s["runs"])) for s in summaries)),
+    ]
+    values = [
+        _Column(header, tuple(
+            _mean_sd_cell(_study_number(s["mean"], metric), _study_number(s["sd"], metric), digits)
+            for s in summaries))
+        for header, metric, digits in _STUDY_COLUMNS
+    ]  # fmt: skip
+    return _Grid(title=None, columns=(*keys, *values), keys=len(keys))
+
+
+def _study_title(result: StudyResult) -> str:
+    base, seeds = result.plan.base, result.plan.seed_values()
+    which = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]} to {seeds[-1]}"
+    return (
+        f"{base.eval_frames} held-out frames of {base.height}x{base.width} after {base.steps} steps of "
+        f"{base.batch_size} frames; mean ± sd over {which} ({result.device})"
+    )
+
+
+def render_study_table(result: StudyResult, console: Console) -> None:
+    """What the study was, a row per configuration (mean ± sd over its seeds), and how to read it."""
+    console.print(_study_title(result), highlight=False)
+    console.print()
+    if result.rows():
+        _print_grid(_study_grid(result), console)
+    at = f"{result.plan.base.detect_threshold:g}"
+    notes = [
+        "AP, best F1: over the thresholds of each run's curve",
+        f"signal retained, noise removed: at output > {at}",
+        f"blank frames: share of held-out outputs with no pixel above {at}",
+        "A, B: the weights of ACB-MSE; sd: sample standard deviation over the seeds",
+    ]
+    if result.interrupted:
+        finished = sum(len(runs) for runs in result.runs.values())
+        notes.append(f"interrupted: {finished} of {len(result.plan.runs())} runs finished")
+    console.print(_pack(notes, console.width, sep="; "), highlight=False)
+
+
+class StudyProgressBar:
+    """One progress bar on stderr over every run of a study, with the runs done and the time left;
+    shown only when stderr is a terminal.  :attr:`callback` is :func:`~acbmse_cli.study.run_study`'s
+    ``progress`` (``None`` when no bar is shown)."""
+
+    def __init__(self, runs: int, steps: int, *, enabled: bool = True) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        stderr = Console(stderr=True)
+        self.shown = enabled and stderr.is_terminal
+        self._steps = steps
+        self._done = [0] * runs  # per run: steps trained, + 1 once scored
+        self._runs = runs
+        self._bar = Progress(
+            TextColumn("grid"),
+            BarColumn(),
+            TextColumn("{task.fields[finished]}/{task.fields[runs]} runs"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=stderr,
+            disable=not self.shown,
+        )
+        self._task = self._bar.add_task("grid", total=runs * (steps + 1), finished=0, runs=runs)
+
+    @property
+    def callback(self) -> Callable[[int, int, bool], None] | None:
+        return self._update if self.shown else None
+
+    def _update(self, run: int, steps_done: int, finished: bool) -> None:
+        self._done[run] = steps_done + (1 if finished else 0)
+        finished_runs = sum(1 for done in self._done if done > self._steps)
+        self._bar.update(self._task, completed=sum(self._done), finished=finished_runs)
+
+    def __enter__(self) -> StudyProgressBar:
+        if self.shown:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.shown:
+            self._bar.stop()

@@ -11,6 +11,13 @@ two pixels thick, scaled by a random factor and shifted to a random place in the
 line the value drifts linearly from one end to the other (a base value, a random gradient and a little
 jitter), like arrival times across a detector plane.
 
+``signal_hits`` sets the typical number of signal hits per frame instead (the signal's density): the
+patterns keep their shapes, and their thickness and length change together, ``thickness x length`` in
+proportion to ``signal_hits``.  The thickness is ``2 x signal_hits / natural`` rounded to a whole number of
+pixels (at least 1), ``natural`` being the patterns' size of the default (about 200 hits at 88 x 128), and
+the length takes the rest of the factor: 50 hits are one-pixel-thick patterns of half the length, 800 hits
+eight-pixel-thick ones of the natural length.
+
 The **input** is the target plus noise hits: a Poisson number of pixels (about 30 at the default size,
 proportional to the frame's area) chosen among the pixels the signal leaves empty, each with a value drawn
 uniformly from ``[tof_min, tof_max]``.  So the input's hits are the signal's hits and the noise hits, the
@@ -49,6 +56,8 @@ _CROSS_ARM_W = 0.45
 _CROSS_ARM_H = 0.50
 _LINE_LENGTH_W = 0.78
 _REFERENCE_AREA = 88 * 128
+#: The default thickness of a pattern, in pixels.
+_THICKNESS = 2
 #: The settings of :class:`SyntheticConfig` that are finite, non-negative real numbers.
 _REAL_SETTINGS = ("tof_min", "tof_max", "scale_min", "scale_max", "noise_hits", "tof_gradient", "tof_jitter")
 
@@ -68,6 +77,9 @@ class SyntheticConfig:
         tof_gradient: the largest change of value along an arm or line, from its centre to an end.
         tof_jitter: standard deviation of the per-pixel jitter of the signal's values.
         cross_fraction: the share of frames that hold a cross (the rest hold a line).
+        signal_hits: the typical number of signal hits per frame (thickness and length of the patterns
+            set to match, see the module docstring), from 10 to an eighth of the frame's pixels;
+            ``None``: the patterns' natural size (:attr:`natural_hits`).
     """
 
     height: int = 88
@@ -80,6 +92,7 @@ class SyntheticConfig:
     tof_gradient: float = 10.0
     tof_jitter: float = 1.0
     cross_fraction: float = 0.5
+    signal_hits: int | None = None
 
     def __post_init__(self) -> None:
         with as_input_error():
@@ -94,6 +107,26 @@ class SyntheticConfig:
                 raise ValueError(
                     f"need 0 < scale_min <= scale_max, got {self.scale_min!r} and {self.scale_max!r}"
                 )
+            if self.signal_hits is not None:
+                check_integer(
+                    "--signal-hits", self.signal_hits, minimum=10, maximum=self.height * self.width // 8
+                )
+
+    @property
+    def natural_hits(self) -> float:
+        """The typical signal hits of a frame at the patterns' natural size (scale 1): a two-pixel-thick
+        cross or line, in the proportion ``cross_fraction``; 201 at 88 x 128."""
+        cross = _THICKNESS * (_CROSS_ARM_H * self.height + _CROSS_ARM_W * self.width)
+        line = _THICKNESS * _LINE_LENGTH_W * self.width
+        return self.cross_fraction * cross + (1 - self.cross_fraction) * line
+
+    def pattern_shape(self) -> tuple[int, float]:
+        """The patterns' thickness in pixels and their length relative to the natural one."""
+        if self.signal_hits is None:
+            return _THICKNESS, 1.0
+        factor = _THICKNESS * self.signal_hits / self.natural_hits
+        thickness = max(1, round(factor))
+        return thickness, factor / thickness
 
 
 @dataclass(frozen=True)
@@ -112,9 +145,9 @@ class SyntheticPairs:
 
 
 def _segment_pixels(
-    centre: np.ndarray, direction: np.ndarray, half_length: float, height: int, width: int
+    centre: np.ndarray, direction: np.ndarray, half_length: float, height: int, width: int, thickness: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixels of a two-pixel-thick segment, and each pixel's position along it in [-1, 1].
+    """Pixels of a segment ``thickness`` pixels thick, and each pixel's position along it in [-1, 1].
 
     Returns rows, columns (clipped to the frame, duplicates removed) and positions.
     """
@@ -123,10 +156,10 @@ def _segment_pixels(
     normal = np.array([-direction[1], direction[0]])
     points = [
         centre[None, :] + along[:, None] * direction[None, :] + offset * normal[None, :]
-        for offset in (-0.5, 0.5)
+        for offset in np.arange(thickness) - (thickness - 1) / 2
     ]
     xy = np.floor(np.concatenate(points) + 0.5).astype(np.int64)
-    position = np.concatenate([along, along]) / max(half_length, 1e-9)
+    position = np.concatenate([along] * thickness) / max(half_length, 1e-9)
     inside = (xy[:, 0] >= 0) & (xy[:, 0] < height) & (xy[:, 1] >= 0) & (xy[:, 1] < width)
     xy, position = xy[inside], position[inside]
     flat = xy[:, 0] * width + xy[:, 1]
@@ -151,7 +184,8 @@ def _signal_frame(frame: np.ndarray, pattern: int, config: SyntheticConfig, rng:
     """Draw one clean pattern into ``frame`` (2-D, zeros) in place."""
     height, width = config.height, config.width
     size = np.array([height, width], dtype=np.float64)
-    scale = rng.uniform(config.scale_min, config.scale_max)
+    thickness, length = config.pattern_shape()
+    scale = length * rng.uniform(config.scale_min, config.scale_max)
     if pattern == CROSS:
         arm_rows = 0.5 * scale * _CROSS_ARM_H * height  # half the vertical arm
         arm_cols = 0.5 * scale * _CROSS_ARM_W * width  # half the horizontal arm
@@ -166,7 +200,7 @@ def _signal_frame(frame: np.ndarray, pattern: int, config: SyntheticConfig, rng:
         segments = [(direction, half_length)]
     base = rng.uniform(config.tof_min + config.tof_gradient, config.tof_max - config.tof_gradient)
     for direction, half_length in segments:
-        rows, cols, position = _segment_pixels(centre, direction, half_length, height, width)
+        rows, cols, position = _segment_pixels(centre, direction, half_length, height, width, thickness)
         gradient = rng.uniform(-config.tof_gradient, config.tof_gradient)
         values = base + gradient * position + rng.normal(0.0, config.tof_jitter, size=rows.shape)
         # Where the arms of a cross meet, the later arm's value wins.

@@ -133,9 +133,42 @@ def test_small_frames_and_config_options():
     assert generate_pairs(0, seed=1).input.shape == (0, 1, 88, 128)
 
 
+@pytest.mark.parametrize("hits", [50, 200, 800])
+def test_signal_hits_sets_the_typical_number_of_hits_per_frame(hits):
+    pairs = generate_pairs(200, seed=5, config=SyntheticConfig(signal_hits=hits))
+    counts = (pairs.target != 0).sum(axis=(1, 2, 3))
+    # Patterns drawn near an edge are clipped, so the mean falls a little short of the request.
+    assert 0.9 * hits <= counts.mean() <= 1.1 * hits
+    # The noise model is left as it is: about 30 noise hits per frame whatever the signal.
+    noise = ((pairs.input != 0) & (pairs.target == 0)).sum(axis=(1, 2, 3))
+    assert 27 <= noise.mean() <= 33
+
+
+def test_thicker_signal_keeps_the_pattern_shapes():
+    pairs = generate_pairs(60, seed=2, config=SyntheticConfig(signal_hits=800))
+    for i in np.flatnonzero(pairs.pattern == LINE)[:20]:
+        xy = _coords(pairs.target[i, 0])
+        centred = xy - xy.mean(axis=0)
+        across, along = np.sqrt(np.linalg.eigvalsh(centred.T @ centred / len(xy)))
+        # an 8-pixel band: the spread across it is 8 / sqrt(12) = 2.3 pixels (less where clipped)
+        assert 1.5 < across < 3.0 and along > 3 * across, (i, across, along)
+
+
+def test_signal_hits_at_the_natural_size_gives_the_default_frames():
+    config = SyntheticConfig(height=16, width=24)
+    natural = SyntheticConfig(height=16, width=24, signal_hits=None)
+    np.testing.assert_array_equal(
+        generate_pairs(4, seed=1, config=config).target, generate_pairs(4, seed=1, config=natural).target
+    )
+    assert SyntheticConfig(signal_hits=200).pattern_shape()[0] == 2
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
+        ({"signal_hits": 9}, r"--signal-hits must be an integer of at least 10, got 9$"),
+        ({"signal_hits": 1409}, r"--signal-hits must be at most 1408, got 1409$"),
+        ({"signal_hits": 50.5}, r"--signal-hits must be an integer"),
         ({"height": 4}, r"frame height must be an integer of at least 8, got 4$"),
         ({"width": 7.5}, r"frame width must be an integer of at least 8, got 7\.5$"),
         ({"tof_min": 0.0}, r"need 0 < tof_min < tof_max, got 0\.0 and 100\.0$"),
