@@ -6,8 +6,9 @@ so that starting Python and importing torch is not counted) is at least 1.5 time
 ``numpy_eval_baseline.py``, measured the same way; the eval process's peak anonymous memory
 (RssAnon, polled from /proc) stays at most 800 MB; both give the same per-class counts and sums.
 ``--detect-curve`` (the default 201-threshold grid) costs at most 30% more marginal time than the
-same eval without it, and four predictions at once with the curve (the same prediction file given
-four times: four streams of the page cache, four sets of statistics) stay within 800 MB.
+same eval without it (the ratio of the whole commands, start-up included, is reported beside it),
+and four predictions at once with the curve (the same prediction file given four times: four
+streams of the page cache, four sets of statistics) stay within 800 MB.
 
 Issue 16's targets are measured the same way against ``numpy_plain_baseline.py``, the script people
 write instead (float32 squares, float64 per-class sums by boolean index): eval at least 1.5 times
@@ -230,6 +231,8 @@ def run(rounds: int = 3, samples: int = 30000, folder: str | None = None) -> dic
         json.loads(outputs[("acbmse eval", "big")]), json.loads(outputs[("numpy baseline", "big")])
     )
     curve_overhead = result[CURVE]["marginal_seconds"] / ours["marginal_seconds"] - 1.0
+    # the same ratio of the whole commands, start-up included (what a user waits for)
+    curve_command_overhead = result[CURVE]["big_seconds"] / ours["big_seconds"] - 1.0
     plain = result[PLAIN]["marginal_seconds"]
     over_plain = {
         name: plain / result[name]["marginal_seconds"] for name in ("acbmse eval", CURVE, PER_SAMPLE)
@@ -259,6 +262,7 @@ def run(rounds: int = 3, samples: int = 30000, folder: str | None = None) -> dic
             "detect_curve_overhead": round(curve_overhead, 3),
             "target_detect_curve_overhead": TARGET_CURVE_OVERHEAD,
             "detect_curve_overhead_met": curve_overhead <= TARGET_CURVE_OVERHEAD,
+            "detect_curve_command_overhead": round(curve_command_overhead, 3),
             "four_predictions_peak_rss_anon_MB": None if four_rss is None else round(four_rss, 1),
             "four_predictions_memory_met": four_rss is not None and four_rss <= TARGET_RSS_ANON_MB,
             "over_plain_numpy": {name: round(v, 2) for name, v in over_plain.items()},
@@ -304,7 +308,8 @@ def render(result: dict[str, Any]) -> None:
         f"results agree: {s['results_agree']} (max relative SSE difference {difference:.1e}); "
         f"--detect-curve costs {s['detect_curve_overhead']:+.0%} "
         f"(target <= {s['target_detect_curve_overhead']:.0%}: "
-        f"{'met' if s['detect_curve_overhead_met'] else 'NOT met'}); four predictions with the curve: "
+        f"{'met' if s['detect_curve_overhead_met'] else 'NOT met'}; whole command, start-up included, "
+        f"{s['detect_curve_command_overhead']:+.0%}); four predictions with the curve: "
         f"peak RssAnon {s['four_predictions_peak_rss_anon_MB']} MB; "
         f"against the plain numpy script {s['over_plain_numpy']} "
         f"(targets >= {TARGET_OVER_PLAIN}x, >= {TARGET_OVER_PLAIN_EXTRA}x with the curve or per sample: "
