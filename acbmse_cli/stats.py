@@ -456,11 +456,13 @@ def class_stats(
 
     The sums are differentiable with respect to ``input`` and ``target``; the
     class membership is not (it is piecewise constant).  Labelled classes are
-    summed by index, in memory that does not grow with their number.  For the
-    two default classes without autograd (evaluation) all sums come from one
-    matrix product and one flag per call is read back, to fall back to masking
-    when a sum is not finite; with ``host_sync=False`` nothing is read back and
-    the two default classes are summed by masking.
+    summed by index, in memory that does not grow with their number.  Without
+    autograd, on the CPU, in float64 (evaluation), every sum comes from one
+    compiled pass over the elements (:mod:`acbmse_cli._native_pass`), where it
+    was built.  Elsewhere, for the two default classes without autograd, all
+    sums come from one matrix product and one flag per call is read back, to
+    fall back to masking when a sum is not finite; with ``host_sync=False``
+    nothing is read back and the two default classes are summed by masking.
 
     Args:
         input: the prediction :math:`\hat y`.
