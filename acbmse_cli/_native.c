@@ -308,7 +308,8 @@ static inline int32_t bin_by_search(const Grid *grid, double v) {
 
 /* Bins of an evenly spaced grid: the guess floor(v / step + offset), worked out in the values'
  * own precision, is the count or one less, and one comparison with the next threshold settles
- * it.  The guess is clamped to [0, G] first (NaN to 0), so truncation is its floor. */
+ * it.  The guess is clamped to [0, G] first, so truncation is its floor; the lower clamp comes
+ * first, as NaN fails "g > 0" and becomes 0 there (truncating a NaN would give no valid index). */
 #define DEFINE_LINEAR_BINS(NAME, XT)                                                             \
     WIDEST_VECTORS static void NAME(const XT *x, Py_ssize_t m, const Grid *grid, int32_t *bins) { \
         const XT top = (XT)grid->thresholds, inv = (XT)grid->inverse_step, off = (XT)grid->offset; \

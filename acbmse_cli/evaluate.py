@@ -935,6 +935,8 @@ class _Accumulator:
         if result.nonfinite is not None:
             totals.add_nonfinite(result.nonfinite)
         if totals.nonfinite != (0, 0) and not self.omit:
+            if result.counting is not None:  # not wanted any more: the side thread skips it
+                result.counting.cancel()
             return  # the run ends in an error: only the non-finite values are still counted
         # one chunk's counts in flight at a time: the side thread works while the next chunk is read
         self.settle()

@@ -122,6 +122,26 @@ def test_labels_and_mask_match_exact_sums(per_sample: bool) -> None:
     assert_matches(stats, reference_class_sums(xs, target.reshape(rows), classes, 5))
 
 
+@pytest.mark.parametrize("dx", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dy", [torch.float32, torch.float64])
+@pytest.mark.parametrize("labelled", [False, True])
+def test_every_dtype_pair_with_mask_and_labels(dx: torch.dtype, dy: torch.dtype, labelled: bool) -> None:
+    """Each of the kernel's dtype pairs, with a mask, for hit and labelled classes: random values, so
+    that a pair read as the other width would not pass."""
+    pred, target = _pair((3, 41), seed=11)
+    rng = np.random.default_rng(12)
+    keep = rng.random((3, 41)) < 0.6
+    labels = rng.integers(0, 4, (3, 41))
+    x, y = torch.from_numpy(pred).to(dx), torch.from_numpy(target).to(dy)
+    stats = class_stats(
+        x, y, labels=torch.from_numpy(labels) if labelled else None, num_classes=4 if labelled else None,
+        mask=torch.from_numpy(keep), per_sample=True, hit_threshold=0.5, dtype=torch.float64, extended=True,
+    )  # fmt: skip
+    xs, ys = x.to(torch.float64).numpy(), y.to(torch.float64).numpy()
+    classes = np.where(keep, labels, -1) if labelled else hit_classes(ys, 0.5, keep)
+    assert_matches(stats, reference_class_sums(xs, ys, classes, 4 if labelled else 2))
+
+
 def test_mask_on_the_two_default_classes() -> None:
     pred, target = _pair((3, 40), seed=4)
     keep = np.random.default_rng(5).random((3, 40)) < 0.5
@@ -276,6 +296,64 @@ def test_detection_bins_count_every_comparison(grid: ThresholdGrid, dtype: torch
     assert stats.noise.tolist() == reference_bins(xs, noise, thresholds).tolist()
 
 
+def test_noise_and_truth_at_a_threshold_that_float32_cannot_hold() -> None:
+    """Targets and network inputs one float32 step either side of the hit threshold."""
+    threshold = 0.1
+    below = np.float32(threshold_in(torch.float32, threshold))
+    above = np.nextafter(below, np.float32(1))
+    edge = np.array([below, above, -above, -below], dtype=np.float32)
+    y = torch.from_numpy(np.concatenate([edge, np.zeros(4, np.float32)]))
+    noisy = torch.from_numpy(np.concatenate([np.zeros(4, np.float32), edge]))
+    x = torch.linspace(0.0, 1.0, 8)
+    grid = ThresholdGrid.linspace(0.0, 1.0, 11)
+    stats = detection_stats(x, y, grid, hit_threshold=threshold, noisy=noisy)
+    truth = np.array([False, True, True, False] + [False] * 4)
+    noise = np.array([False] * 4 + [False, True, True, False])
+    thresholds = list(grid.values)
+    xs = x.numpy()
+    assert stats.hits.tolist() == reference_bins(xs, truth, thresholds).tolist()
+    assert stats.nonhits.tolist() == reference_bins(xs, ~truth, thresholds).tolist()
+    assert stats.noise is not None
+    assert stats.noise.tolist() == reference_bins(xs, noise, thresholds).tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_detection_bins_leave_out_what_the_mask_drops(dtype: torch.dtype) -> None:
+    rng = np.random.default_rng(13)
+    n = 3000
+    x = torch.from_numpy(rng.normal(0.5, 2, n)).to(dtype)
+    y = torch.from_numpy(np.where(rng.random(n) < 0.3, rng.uniform(0, 5, n), 0.0)).to(dtype)
+    noisy = torch.from_numpy(rng.normal(0, 1, n)).to(dtype)
+    keep = torch.from_numpy(rng.random(n) < 0.5)
+    grid = ThresholdGrid.linspace(0.0, 5.0, 21)
+    edges = torch.tensor([threshold_in(dtype, t) for t in grid.values] + [math.inf], dtype=torch.float64)
+    step = 5.0 / 20
+    hits, nonhits, noise = _native_pass.detection_bins(
+        x, y, edges, linear=(1 / step, 1 - 0.125), hit_threshold=0.25, noisy=noisy, mask=keep
+    )
+    kept = keep.numpy()
+    xs, truth = x.to(torch.float64).numpy(), np.abs(y.to(torch.float64).numpy()) > 0.25
+    is_noise = (np.abs(noisy.to(torch.float64).numpy()) > 0.25) & ~truth
+    thresholds = list(grid.values)
+    assert hits.tolist() == reference_bins(xs, truth & kept, thresholds).tolist()
+    assert nonhits.tolist() == reference_bins(xs, ~truth & kept, thresholds).tolist()
+    assert noise is not None
+    assert noise.tolist() == reference_bins(xs, is_noise & kept, thresholds).tolist()
+
+
+def test_compiled_functions_keep_torch() -> None:
+    """Under torch.compile the statistics are traced as torch code, not handed to the extension."""
+    labels = torch.tensor([[0, 1, 2, 1, 2, 0]] * 16).reshape(-1)
+    x, y = torch.randn(96, dtype=torch.float64), torch.randn(96, dtype=torch.float64)
+
+    def counts(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return class_stats(x, y, labels=labels, num_classes=3, dtype=torch.float64).count
+
+    with torch.no_grad():
+        compiled = torch.compile(counts, fullgraph=True, backend="eager")(x, y, labels)
+    assert compiled.tolist() == [[32, 32, 32]]
+
+
 def test_detection_bins_equal_torch_on_random_data() -> None:
     rng = np.random.default_rng(9)
     x = torch.from_numpy(rng.normal(0, 30, 100_000)).float()
@@ -366,3 +444,35 @@ def test_eval_without_the_extension_gives_the_same_report(tmp_path: Path) -> Non
             assert a == b, (where, a, b)
 
     close(with_pass, without)
+
+
+def test_a_lost_run_stops_counting_on_the_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a NaN has made the run an error, later chunks are not counted (nor kept in memory) on the
+    side thread, and the error still names the first NaN."""
+    import threading
+    import time
+
+    from acbmse_cli.errors import InputError
+
+    rng = np.random.default_rng(14)
+    target = np.where(rng.random((400, 256)) < 0.05, 50.0, 0.0).astype(np.float32)
+    pred = (target + rng.normal(0, 1, target.shape)).astype(np.float32)
+    pred.flat[5] = np.nan
+    np.save(tmp_path / "p.npy", pred)
+    np.save(tmp_path / "t.npy", target)
+    counted: list[int] = []
+    lock = threading.Lock()
+    slow_counts = evaluate._ChunkComputer._counts
+
+    def counts(self: evaluate._ChunkComputer, chunk: evaluate._Chunk) -> evaluate._Counts:
+        time.sleep(0.005)  # the side thread slower than reading, so that chunks would queue up
+        with lock:
+            counted.append(chunk.x.numel())
+        return slow_counts(self, chunk)
+
+    monkeypatch.setattr(evaluate._ChunkComputer, "_counts", counts)
+    monkeypatch.setattr(evaluate, "_idle_cores", lambda: 2)
+    options = evaluate.EvalOptions(detect_curve=True, chunk_elements=1024)
+    with pytest.raises(InputError, match="NaN"):
+        evaluate.evaluate(str(tmp_path / "p.npy"), str(tmp_path / "t.npy"), options)
+    assert len(counted) <= 3, f"{len(counted)} of 100 chunks counted after the run was lost"
