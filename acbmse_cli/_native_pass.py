@@ -31,9 +31,13 @@ _WIDTHS = (torch.float32, torch.float64)
 def applies(*tensors: Tensor | None) -> bool:
     """Whether the compiled pass can take these tensors: all on the CPU, none needing a gradient, and
     not while ``torch.compile`` traces (it cannot trace into the extension)."""
-    return ENABLED and not torch.compiler.is_compiling() and all(
-        t is None or (t.device.type == "cpu" and not (t.requires_grad and torch.is_grad_enabled()))
-        for t in tensors
+    return (
+        ENABLED
+        and not torch.compiler.is_compiling()
+        and all(
+            t is None or (t.device.type == "cpu" and not (t.requires_grad and torch.is_grad_enabled()))
+            for t in tensors
+        )
     )
 
 

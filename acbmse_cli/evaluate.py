@@ -1102,9 +1102,7 @@ def _idle_cores() -> int:
 
 
 @contextlib.contextmanager
-def _side_thread(
-    inputs: _Inputs, computers: Sequence[_ChunkComputer]
-) -> Iterator[ThreadPoolExecutor | None]:
+def _side_thread(inputs: _Inputs, computers: Sequence[_ChunkComputer]) -> Iterator[ThreadPoolExecutor | None]:
     """A second thread for the histograms of CPU chunks, where a core is free for it and the
     compiled pass counts them (it releases the GIL; torch's own passes would mostly wait on it).
 
