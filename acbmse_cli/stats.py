@@ -537,6 +537,12 @@ def _stats_by_native_pass(x: Tensor, y: Tensor, member: Membership) -> ClassStat
         x, y, hit_threshold=member.hit_threshold, labels=member.labels, num_classes=member.num_classes,
         mask=member.mask,
     )  # fmt: skip
+    return _from_sums(count, sums, largest)
+
+
+def _from_sums(count: Tensor, sums: Tensor, largest: Tensor) -> ClassStats:
+    """Extended statistics from ``(S, K, 4)`` sums in the order squared error, absolute error,
+    target, prediction (that of both one-pass paths), and the ``(S, K)`` largest errors."""
     return ClassStats(
         count=count,
         sse=sums[..., 0],
@@ -581,14 +587,7 @@ def _stats_by_matmul(x: Tensor, y: Tensor, member: Membership, acc: torch.dtype)
     maxima = (
         indicators.mul_(err.unsqueeze(1)).amax(dim=2) if width else err.new_zeros(groups, member.num_classes)
     )
-    return ClassStats(
-        count=count,
-        sse=sums[..., 0],
-        sae=sums[..., 1],
-        max_abs_error=maxima,
-        sum_target=sums[..., 2],
-        sum_input=sums[..., 3],
-    )
+    return _from_sums(count, sums, maxima)
 
 
 def _stats_by_index(x: Tensor, y: Tensor, member: Membership, *, extended: bool = True) -> ClassStats:
