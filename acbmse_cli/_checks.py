@@ -111,7 +111,13 @@ def check_list(
     Items of a text are read as integers where ``integers`` is set, else as real numbers.
     """
     what = "whole numbers" if integers else "numbers"
-    items: list[object] = list(value.split(",")) if isinstance(value, str) else [value]
+    items: list[object]
+    if isinstance(value, str):
+        items = list(value.split(","))
+    elif isinstance(value, tuple):  # already a list's items (click 8.0 parses a default once more)
+        items = list(value)
+    else:
+        items = [value]
     checked: list[_T] = []
     for item in items:
         if isinstance(item, str):

@@ -465,3 +465,14 @@ def test_the_plan_checks_every_run_up_front():
     assert options.seed == 7 and options.threads == 1  # one torch thread per run unless told
     assert dataclasses.replace(base, threads=None) == base
     assert math.isinf(study.StudyConfig("acb_mse", 0.0, 1.0, None).ratio or 0.0)
+
+
+def test_a_list_parsed_twice_keeps_its_items() -> None:
+    """click 8.0 hands a list option's parsed default back to its parser: the items come through."""
+    from acbmse_cli._checks import check_list, check_weight
+
+    once = check_list("--nonhit-weight", "1,3,10", check_weight)
+    assert once == (1.0, 3.0, 10.0)
+    assert check_list("--nonhit-weight", once, check_weight) == once
+    with pytest.raises(ValueError, match="twice"):
+        check_list("--nonhit-weight", (1.0, 1.0), check_weight)
