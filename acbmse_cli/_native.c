@@ -121,11 +121,9 @@ typedef struct {
     int wide;
 } Values;
 
-static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *what) {
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable) {
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, view, flags) < 0) return -1;
-    (void)what;
-    return 0;
+    return PyObject_GetBuffer(obj, view, flags) < 0 ? -1 : 0;
 }
 
 static int format_is(const Py_buffer *view, char code) {
@@ -140,7 +138,7 @@ static int is_int64(const Py_buffer *view) {
 }
 
 static int get_values(PyObject *obj, Values *out, Py_ssize_t n, const char *what) {
-    if (get_buffer(obj, &out->view, 0, what) < 0) return -1;
+    if (get_buffer(obj, &out->view, 0) < 0) return -1;
     if (format_is(&out->view, 'f') && out->view.len == 4 * n) {
         out->wide = 0;
         return 0;
@@ -160,7 +158,7 @@ static int get_optional(PyObject *obj, Py_buffer *view, const void **data, Py_ss
     *data = NULL;
     view->obj = NULL;
     if (obj == Py_None) return 0;
-    if (get_buffer(obj, view, writable, what) < 0) return -1;
+    if (get_buffer(obj, view, writable) < 0) return -1;
     Py_ssize_t size = code == 'B' || code == '?' ? 1 : 8;
     int format_ok = code == 'q' ? is_int64(view) : format_is(view, code) || (code == 'B' && format_is(view, '?'));
     int ok = format_ok && view->len == size * n;
@@ -202,20 +200,20 @@ static PyObject *class_sums(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "groups must be at least 1");
         return NULL;
     }
-    if (get_buffer(co, &cv, 1, "count") < 0) goto done;
+    if (get_buffer(co, &cv, 1) < 0) goto done;
     if (!is_int64(&cv) || cv.len % (8 * groups) != 0 || cv.len == 0) {
         PyErr_SetString(PyExc_TypeError, "count: a (groups, k) int64 array expected");
         goto done;
     }
     Py_ssize_t k = cv.len / 8 / groups;
-    if (get_buffer(so, &sv, 1, "sums") < 0) goto done;
-    if (get_buffer(mo, &mv, 1, "largest") < 0) goto done;
+    if (get_buffer(so, &sv, 1) < 0) goto done;
+    if (get_buffer(mo, &mv, 1) < 0) goto done;
     if (!format_is(&sv, 'd') || sv.len != 8 * 4 * groups * k || !format_is(&mv, 'd') ||
         mv.len != 8 * groups * k) {
         PyErr_SetString(PyExc_TypeError, "sums, largest: (groups, k, 4) and (groups, k) float64 expected");
         goto done;
     }
-    if (get_buffer(xo, &xs.view, 0, "x") < 0) goto done;
+    if (get_buffer(xo, &xs.view, 0) < 0) goto done;
     Py_ssize_t n = xs.view.len / (xs.view.itemsize > 0 ? xs.view.itemsize : 1);
     PyBuffer_Release(&xs.view);
     xs.view.obj = NULL;
@@ -395,20 +393,20 @@ static PyObject *detection_bins(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     int32_t *scratch = NULL;
     int64_t *copies = NULL;
-    if (get_buffer(eo, &ev, 0, "edges") < 0) goto done;
+    if (get_buffer(eo, &ev, 0) < 0) goto done;
     if (!format_is(&ev, 'd') || ev.len < 8 * (1 + linear)) {
         PyErr_SetString(PyExc_TypeError, "edges: float64 thresholds expected");
         goto done;
     }
     Grid grid = {ev.buf, ev.len / 8 - linear, linear, inverse_step, offset};
     Py_ssize_t width = grid.thresholds + 1;
-    if (get_buffer(ho, &hv, 1, "hits") < 0 || get_buffer(nho, &nhv, 1, "nonhits") < 0) goto done;
+    if (get_buffer(ho, &hv, 1) < 0 || get_buffer(nho, &nhv, 1) < 0) goto done;
     if (!is_int64(&hv) || !is_int64(&nhv) || hv.len != 8 * width || nhv.len != 8 * width) {
         PyErr_SetString(PyExc_TypeError, "hits, nonhits: G + 1 int64 counts expected");
         goto done;
     }
     if (get_optional(nzo, &nzv, &noise_counts, width, 'q', 1, "noise") < 0) goto done;
-    if (get_buffer(xo, &xs.view, 0, "x") < 0) goto done;
+    if (get_buffer(xo, &xs.view, 0) < 0) goto done;
     Py_ssize_t n = xs.view.len / (xs.view.itemsize > 0 ? xs.view.itemsize : 1);
     PyBuffer_Release(&xs.view);
     xs.view.obj = NULL;

@@ -150,7 +150,7 @@ def count_below(values: Tensor, grid: ThresholdGrid) -> Tensor:
     """
     values = _binned(values)
     edges = _edges_in(values.dtype, grid, values.device)
-    if grid.linear and _arithmetic_is_exact(values.dtype, grid):
+    if _by_arithmetic(values.dtype, grid):
         return _count_below_linear(values, edges, grid)
     below = torch.searchsorted(edges, values)
     return torch.where(torch.isnan(values), 0, below) if values.numel() else below
@@ -184,6 +184,11 @@ def _edges_in(dtype: torch.dtype, grid: ThresholdGrid, device: torch.device) -> 
 
 #: How far below a bin boundary the arithmetic guess is taken, in bins: more than its rounding error.
 _GUESS_MARGIN = 0.125
+
+
+def _by_arithmetic(dtype: torch.dtype, grid: ThresholdGrid) -> bool:
+    """Whether values of ``dtype`` are binned on ``grid`` by the arithmetic guess (else by search)."""
+    return grid.linear and _arithmetic_is_exact(dtype, grid)
 
 
 def _arithmetic_is_exact(dtype: torch.dtype, grid: ThresholdGrid) -> bool:
@@ -247,7 +252,7 @@ def detection_stats(
     (``|noisy| > hit_threshold`` where the target is a non-hit)."""
     if _native_pass.applies(input, target, noisy):  # every bin in one pass over the elements
         values = _binned(input.detach())
-        linear = grid.linear and _arithmetic_is_exact(values.dtype, grid)
+        linear = _by_arithmetic(values.dtype, grid)
         edges = _edges_in(values.dtype, grid, values.device)[: len(grid) + linear]
         hits, nonhits, noise_bins = _native_pass.detection_bins(
             values, target.detach(), edges, linear=_linear_guess(grid) if linear else None,
