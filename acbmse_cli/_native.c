@@ -282,14 +282,16 @@ done:
 
 /* Elements whose bins are worked out in vector lanes before they are counted. */
 #define BLOCK 512
-/* Copies of each histogram, so that repeated bins do not wait on each other. */
-#define COPIES 4
+/* Copies of each histogram, so that repeated bins do not wait on each other; 32-bit counts,
+ * added to the 64-bit totals before any could overflow. */
+#define COPIES 8
+#define FLUSH_EVERY ((Py_ssize_t)1 << 31)
 
 typedef struct {
     const double *edges; /* the thresholds, rounded down into the values' dtype (+inf last if linear) */
     Py_ssize_t thresholds;
     int linear;
-    double inverse_step, offset;
+    double inverse_step, offset_low, offset_high;
 } Grid;
 
 /* How many thresholds lie below v (NaN: none), by binary search over the edges. */
@@ -304,21 +306,39 @@ static inline int32_t bin_by_search(const Grid *grid, double v) {
     return (int32_t)low;
 }
 
-/* Bins of an evenly spaced grid: the guess floor(v / step + offset), worked out in the values'
- * own precision, is the count or one less, and one comparison with the next threshold settles
- * it.  The guess is clamped to [0, G] first, so truncation is its floor; the lower clamp comes
- * first, as NaN fails "g > 0" and becomes 0 there (truncating a NaN would give no valid index). */
+/* Bins of an evenly spaced grid, by two guesses floor(v / step + offset) worked out in the
+ * values' own precision: one a margin below the count (low), one a margin above (high).  The
+ * margin exceeds the rounding error of the guesses and of the thresholds, so where the two
+ * agree they are the count; where they differ (a value within the margin of a threshold) the
+ * low guess is the count or one less, and one comparison with the threshold settles it (the
+ * fix-up, rare: no table lookup in the vector loop).  Guesses are clamped to [0, G] first, so
+ * truncation is their floor; the lower clamp comes first, as NaN fails "g > 0" and becomes 0
+ * there (truncating a NaN would give no valid index).  An element to fix up is stored as the
+ * complement of its high guess (negative); returns whether the block has any. */
 #define DEFINE_LINEAR_BINS(NAME, XT)                                                             \
-    WIDEST_VECTORS static void NAME(const XT *x, Py_ssize_t m, const Grid *grid, int32_t *bins) { \
-        const XT top = (XT)grid->thresholds, inv = (XT)grid->inverse_step, off = (XT)grid->offset; \
-        const double *edges = grid->edges;                                                       \
+    WIDEST_VECTORS static int NAME(const XT *x, Py_ssize_t m, const Grid *grid, int32_t *bins) {  \
+        const XT top = (XT)grid->thresholds, inv = (XT)grid->inverse_step;                       \
+        const XT low = (XT)grid->offset_low, high = (XT)grid->offset_high;                       \
+        int unsettled = 0;                                                                       \
         for (Py_ssize_t i = 0; i < m; i++) {                                                     \
-            XT v = x[i];                                                                         \
-            XT g = v * inv + off;                                                                \
-            g = g > (XT)0 ? g : (XT)0;                                                           \
-            g = g < top ? g : top;                                                               \
-            int32_t b = (int32_t)g;                                                              \
-            bins[i] = b + ((double)v > edges[b]);                                                \
+            XT v = x[i] * inv;                                                                   \
+            XT a = v + low, b = v + high;                                                        \
+            a = a > (XT)0 ? a : (XT)0;                                                           \
+            a = a < top ? a : top;                                                               \
+            b = b > (XT)0 ? b : (XT)0;                                                           \
+            b = b < top ? b : top;                                                               \
+            int32_t ia = (int32_t)a, ib = (int32_t)b;                                            \
+            int differ = ia != ib;                                                               \
+            unsettled |= differ;                                                                 \
+            bins[i] = differ ? ~ib : ib;                                                         \
+        }                                                                                        \
+        return unsettled;                                                                        \
+    }                                                                                            \
+    static void NAME##_fix(const XT *x, Py_ssize_t m, const Grid *grid, int32_t *bins) {         \
+        for (Py_ssize_t i = 0; i < m; i++) {                                                     \
+            if (bins[i] >= 0) continue;                                                          \
+            int32_t b = ~bins[i] - 1; /* the low guess */                                        \
+            bins[i] = b + ((double)x[i] > grid->edges[b]);                                       \
         }                                                                                        \
     }
 
@@ -358,47 +378,52 @@ DEFINE_KEYS(keys_f, float)
 DEFINE_KEYS(keys_d, double)
 
 /* Adds one to counts[key] for every key, in COPIES interleaved copies of length `width`. */
-static void count_keys(const int32_t *keys, Py_ssize_t m, int64_t *counts, Py_ssize_t width) {
+static void count_keys(const int32_t *keys, Py_ssize_t m, uint32_t *counts, Py_ssize_t width) {
     Py_ssize_t i = 0;
-    for (; i + COPIES <= m; i += COPIES) {
-        counts[keys[i]]++;
-        counts[width + keys[i + 1]]++;
-        counts[2 * width + keys[i + 2]]++;
-        counts[3 * width + keys[i + 3]]++;
-    }
+    for (; i + COPIES <= m; i += COPIES)
+        for (int c = 0; c < COPIES; c++) counts[c * width + keys[i + c]]++;
     for (; i < m; i++) counts[keys[i]]++;
 }
 
+/* Adds the COPIES copies of `width` counts to total, and zeroes them. */
+static void flush_copies(uint32_t *copies, Py_ssize_t width, int64_t *total) {
+    for (int c = 0; c < COPIES; c++)
+        for (Py_ssize_t b = 0; b < width; b++) total[b] += copies[c * width + b];
+    memset(copies, 0, COPIES * width * sizeof *copies);
+}
+
 PyDoc_STRVAR(detection_bins_doc,
-             "detection_bins(x, y, noisy, keep, threshold, edges, linear, inverse_step, offset,\n"
-             "               hits, nonhits, noise) -> None\n\n"
+             "detection_bins(x, y, noisy, keep, threshold, edges, linear, inverse_step, offset_low,\n"
+             "               offset_high, hits, nonhits, noise) -> None\n\n"
              "Adds to the int64 bin counts hits, nonhits (and noise, or None) of a grid of G\n"
              "thresholds (G + 1 bins): each element of x goes to the bin of how many thresholds lie\n"
              "below it, in the counts of its class (hit: |y| > threshold); a noise hit (|noisy| >\n"
              "threshold where y is a non-hit) also in noise.  edges (float64): the G thresholds\n"
              "rounded down into x's dtype, then +inf when linear (an evenly spaced grid, binned by\n"
-             "floor(v * inverse_step + offset) and one comparison); else binary search.");
+             "the guesses floor(v * inverse_step + offset_low) and (..+ offset_high), the count or one\n"
+             "less and the count or one more, one comparison where they differ); else binary search.");
 
 static PyObject *detection_bins(PyObject *self, PyObject *args) {
     PyObject *xo, *yo, *no, *ko, *eo, *ho, *nho, *nzo;
-    double threshold, inverse_step, offset;
+    double threshold, inverse_step, offset_low, offset_high;
     int linear;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOdOpddOOO", &xo, &yo, &no, &ko, &threshold, &eo, &linear,
-                          &inverse_step, &offset, &ho, &nho, &nzo))
+    if (!PyArg_ParseTuple(args, "OOOOdOpdddOOO", &xo, &yo, &no, &ko, &threshold, &eo, &linear,
+                          &inverse_step, &offset_low, &offset_high, &ho, &nho, &nzo))
         return NULL;
     Values xs = {{0}}, ys = {{0}}, ns = {{0}};
     Py_buffer ev = {0}, hv = {0}, nhv = {0}, nzv = {0}, kv = {0};
     const void *keep = NULL, *noise_counts = NULL;
     PyObject *result = NULL;
     int32_t *scratch = NULL;
-    int64_t *copies = NULL;
+    uint32_t *copies = NULL;
+    int64_t *totals = NULL; /* the copies' sums: keys, then noise keys */
     if (get_buffer(eo, &ev, 0) < 0) goto done;
     if (!format_is(&ev, 'd') || ev.len < 8 * (1 + linear)) {
         PyErr_SetString(PyExc_TypeError, "edges: float64 thresholds expected");
         goto done;
     }
-    Grid grid = {ev.buf, ev.len / 8 - linear, linear, inverse_step, offset};
+    Grid grid = {ev.buf, ev.len / 8 - linear, linear, inverse_step, offset_low, offset_high};
     Py_ssize_t width = grid.thresholds + 1;
     if (get_buffer(ho, &hv, 1) < 0 || get_buffer(nho, &nhv, 1) < 0) goto done;
     if (!is_int64(&hv) || !is_int64(&nhv) || hv.len != 8 * width || nhv.len != 8 * width) {
@@ -420,12 +445,14 @@ static PyObject *detection_bins(PyObject *self, PyObject *args) {
     /* keys of both classes and the left-out spare: 2 * width + 1; noise keys: width + 1 */
     Py_ssize_t key_width = 2 * width + 1, noise_width = width + 1;
     scratch = PyMem_RawMalloc(2 * BLOCK * sizeof(int32_t));
-    copies = PyMem_RawCalloc(COPIES * (key_width + noise_width), sizeof(int64_t));
-    if (scratch == NULL || copies == NULL) {
+    copies = PyMem_RawCalloc(COPIES * (key_width + noise_width), sizeof *copies);
+    totals = PyMem_RawCalloc(key_width + noise_width, sizeof *totals);
+    if (scratch == NULL || copies == NULL || totals == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    int64_t *noise_copies = copies + COPIES * key_width;
+    uint32_t *noise_copies = copies + COPIES * key_width;
+    Py_ssize_t unflushed = 0;
     int with_noise = noise_counts != NULL;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t start = 0; start < n; start += BLOCK) {
@@ -435,12 +462,12 @@ static PyObject *detection_bins(PyObject *self, PyObject *args) {
         const uint8_t *kb = keep == NULL ? NULL : (const uint8_t *)keep + start;
         if (xs.wide) {
             const double *xb = (const double *)xs.view.buf + start;
-            if (linear) linear_bins_d(xb, m, &grid, bins);
-            else search_bins_d(xb, m, &grid, bins);
+            if (!linear) search_bins_d(xb, m, &grid, bins);
+            else if (linear_bins_d(xb, m, &grid, bins)) linear_bins_d_fix(xb, m, &grid, bins);
         } else {
             const float *xb = (const float *)xs.view.buf + start;
-            if (linear) linear_bins_f(xb, m, &grid, bins);
-            else search_bins_f(xb, m, &grid, bins);
+            if (!linear) search_bins_f(xb, m, &grid, bins);
+            else if (linear_bins_f(xb, m, &grid, bins)) linear_bins_f_fix(xb, m, &grid, bins);
         }
         if (ys.wide)
             keys_d((const double *)ys.view.buf + start, nb, ns.wide, kb, m, threshold, (int32_t)width, bins,
@@ -450,22 +477,26 @@ static PyObject *detection_bins(PyObject *self, PyObject *args) {
                    noise);
         count_keys(bins, m, copies, key_width);
         if (with_noise) count_keys(noise, m, noise_copies, noise_width);
+        unflushed += m;
+        if (unflushed >= FLUSH_EVERY || start + m >= n) { /* no 32-bit count reaches 2^31 */
+            flush_copies(copies, key_width, totals);
+            if (with_noise) flush_copies(noise_copies, noise_width, totals + key_width);
+            unflushed = 0;
+        }
     }
     Py_END_ALLOW_THREADS
     int64_t *hits = hv.buf, *nonhits = nhv.buf, *noise_out = (int64_t *)noise_counts;
-    for (int c = 0; c < COPIES; c++) {
-        const int64_t *keys = copies + c * key_width, *noise_keys = noise_copies + c * noise_width;
-        for (Py_ssize_t b = 0; b < width; b++) {
-            nonhits[b] += keys[b];
-            hits[b] += keys[width + b];
-            if (with_noise) noise_out[b] += noise_keys[b];
-        }
+    for (Py_ssize_t b = 0; b < width; b++) {
+        nonhits[b] += totals[b];
+        hits[b] += totals[width + b];
+        if (with_noise) noise_out[b] += totals[key_width + b];
     }
     Py_INCREF(Py_None);
     result = Py_None;
 done:
     PyMem_RawFree(scratch);
     PyMem_RawFree(copies);
+    PyMem_RawFree(totals);
     release(&ev);
     release(&hv);
     release(&nhv);

@@ -88,7 +88,7 @@ def detection_bins(
     y: Tensor,
     edges: Tensor,
     *,
-    linear: tuple[float, float] | None,
+    linear: tuple[float, float, float] | None,
     hit_threshold: float,
     noisy: Tensor | None,
     mask: Tensor | None = None,
@@ -96,20 +96,21 @@ def detection_bins(
     """The detection bin counts ``(G + 1,)`` of the hits, non-hits and (with ``noisy``) noise hits.
 
     ``edges``: the ``G`` thresholds rounded down into the dtype that ``x`` is binned in (+inf
-    appended for an evenly spaced grid); ``linear``: ``(inverse_step, offset)`` of the arithmetic
-    guess of such a grid, None for a binary search.
+    appended for an evenly spaced grid); ``linear``: ``(inverse_step, low, high)``, the offsets
+    of the two arithmetic guesses of such a grid (the count or one less, the count or one
+    more), None for a binary search.
     """
     bins = edges.numel() + (0 if linear is not None else 1)
     hits = torch.zeros(bins, dtype=torch.int64)
     nonhits = torch.zeros(bins, dtype=torch.int64)
     noise = None if noisy is None else torch.zeros(bins, dtype=torch.int64)
     if x.numel():
-        inverse_step, offset = linear if linear is not None else (0.0, 0.0)
+        inverse_step, low, high = linear if linear is not None else (0.0, 0.0, 0.0)
         _native.detection_bins(
             _values(x.reshape(-1)), _values(y.reshape(-1)),
             None if noisy is None else _values(noisy.reshape(-1)),
             _bytes(None if mask is None else mask.reshape(-1)),
             float(hit_threshold), edges.to(torch.float64).contiguous().numpy(), linear is not None,
-            inverse_step, offset, hits.numpy(), nonhits.numpy(), None if noise is None else noise.numpy(),
+            inverse_step, low, high, hits.numpy(), nonhits.numpy(), None if noise is None else noise.numpy(),
         )  # fmt: skip
     return hits, nonhits, noise

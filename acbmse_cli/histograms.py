@@ -166,12 +166,29 @@ def _binned(values: Tensor) -> Tensor:
     return values
 
 
-def _linear_guess(grid: ThresholdGrid) -> tuple[float, float]:
-    """``(1 / step, offset)`` of the guess ``floor(v / step + offset)`` of an evenly spaced grid."""
+def _linear_guess(grid: ThresholdGrid, margin: float = 0.125) -> tuple[float, float]:
+    """``(1 / step, offset)`` of the guess ``floor(v / step + offset)`` of an evenly spaced grid,
+    taken ``margin`` bins below the count (``-margin``: above it)."""
     n = len(grid)
     start = grid.values[0]
     inverse_step = (n - 1) / (grid.values[-1] - start)
-    return inverse_step, 1.0 - _GUESS_MARGIN - start * inverse_step
+    return inverse_step, 1.0 - margin - start * inverse_step
+
+
+def _two_guesses(dtype: torch.dtype, grid: ThresholdGrid) -> tuple[float, float, float]:
+    """``(1 / step, low, high)``: the offsets of the compiled binning's two guesses, the narrowest
+    margin below and above the count that still exceeds their rounding error in ``dtype``.
+
+    The guess ``v * (1 / step) + offset`` rounds three times and each threshold once, all
+    relative to the largest magnitude ``top`` or to the guess itself (at most ``G + 2``): in
+    bins, at most ``eps * (2.5 * top / step + G / 2 + 5)``; the margin takes four times the
+    sum of the terms, and never more than the margin of the one-sided guess (which
+    :func:`_arithmetic_is_exact` keeps above the error)."""
+    top = max(abs(grid.values[0]), abs(grid.values[-1]))
+    step = (grid.values[-1] - grid.values[0]) / (len(grid) - 1)
+    margin = min(_GUESS_MARGIN, 4 * torch.finfo(dtype).eps * (top / step + len(grid) + 2))
+    inverse_step, low = _linear_guess(grid, margin)
+    return inverse_step, low, _linear_guess(grid, -margin)[1]
 
 
 @functools.lru_cache(maxsize=32)
@@ -203,7 +220,7 @@ def _count_below_linear(values: Tensor, edges: Tensor, grid: ThresholdGrid) -> T
     """``floor((v - start) / step + 1 - margin)`` is the count or one less (never more): one
     comparison with the next threshold (``edges[count]``, ``+inf`` past the last) settles it."""
     n = len(grid)
-    inverse_step, offset = _linear_guess(grid)
+    inverse_step, offset = _linear_guess(grid, _GUESS_MARGIN)
     guess = torch.mul(values, inverse_step).add_(offset).floor_().nan_to_num_(0.0).clamp_(0, n)
     below = guess.to(torch.int32)  # int32 halves the bytes of every pass that follows
     below += values > edges.index_select(0, below)
@@ -255,7 +272,7 @@ def detection_stats(
         linear = _by_arithmetic(values.dtype, grid)
         edges = _edges_in(values.dtype, grid, values.device)[: len(grid) + linear]
         hits, nonhits, noise_bins = _native_pass.detection_bins(
-            values, target.detach(), edges, linear=_linear_guess(grid) if linear else None,
+            values, target.detach(), edges, linear=_two_guesses(values.dtype, grid) if linear else None,
             hit_threshold=hit_threshold, noisy=None if noisy is None else noisy.detach(),
         )  # fmt: skip
         return DetectionStats(hits, nonhits, noise_bins)

@@ -296,6 +296,48 @@ def test_detection_bins_count_every_comparison(grid: ThresholdGrid, dtype: torch
     assert stats.noise.tolist() == reference_bins(xs, noise, thresholds).tolist()
 
 
+NEAR_GRIDS = [
+    ThresholdGrid.linspace(0.0, 100.0, 201),  # the default grid of the benchmark's data
+    ThresholdGrid.linspace(1000.0, 1001.0, 11),  # far from zero: the guesses' widest error
+    ThresholdGrid.linspace(-3.7, 2.9, 23),
+    ThresholdGrid.linspace(0.0, 1.0, 20001),  # many thresholds: the guess itself is large
+    ThresholdGrid.linspace(1e-30, 3e-30, 5),
+]
+
+
+@pytest.mark.parametrize("grid", NEAR_GRIDS, ids=lambda g: g.describe()[:24])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_detection_bins_at_every_threshold_and_many_steps_either_side(
+    grid: ThresholdGrid, dtype: torch.dtype
+) -> None:
+    """The binning of an evenly spaced grid settles most values by its two guesses alone and
+    compares the rest with their threshold: the values from 40 float steps below to 40 above
+    every threshold (and its rounded copy in the dtype) land where the comparisons say."""
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    every = max(len(grid) // 250, 1)  # of a fine grid, a sample of the thresholds (and the last)
+    near = [*grid.values[::every], grid.values[-1]]
+    centres = np.array(
+        [float(torch.tensor(t, dtype=torch.float64).to(dtype)) for t in near]
+        + [threshold_in(dtype, t) for t in near],
+        dtype=np_dtype,
+    )
+    down, up, steps = centres.copy(), centres.copy(), [centres]
+    for _ in range(40):
+        down, up = np.nextafter(down, np_dtype(-np.inf)), np.nextafter(up, np_dtype(np.inf))
+        steps += [down, up]
+    xs = np.concatenate(steps)
+    x = torch.from_numpy(xs)
+    y = torch.zeros_like(x)
+    y[::3] = 1.0
+    stats = detection_stats(x, y, grid, hit_threshold=0.5)
+    # how many thresholds lie strictly below each value, in float64
+    above = np.searchsorted(np.array(grid.values), xs.astype(np.float64), side="left")
+    truth = y.numpy() > 0.5
+    bins = len(grid) + 1
+    assert stats.hits.tolist() == np.bincount(above[truth], minlength=bins).tolist()
+    assert stats.nonhits.tolist() == np.bincount(above[~truth], minlength=bins).tolist()
+
+
 def test_noise_and_truth_at_a_threshold_that_float32_cannot_hold() -> None:
     """Targets and network inputs one float32 step either side of the hit threshold."""
     threshold = 0.1
@@ -329,7 +371,7 @@ def test_detection_bins_leave_out_what_the_mask_drops(dtype: torch.dtype) -> Non
     edges = torch.tensor([threshold_in(dtype, t) for t in grid.values] + [math.inf], dtype=torch.float64)
     step = 5.0 / 20
     hits, nonhits, noise = _native_pass.detection_bins(
-        x, y, edges, linear=(1 / step, 1 - 0.125), hit_threshold=0.25, noisy=noisy, mask=keep
+        x, y, edges, linear=(1 / step, 1 - 0.125, 1 + 0.125), hit_threshold=0.25, noisy=noisy, mask=keep
     )
     kept = keep.numpy()
     xs, truth = x.to(torch.float64).numpy(), np.abs(y.to(torch.float64).numpy()) > 0.25
