@@ -72,7 +72,12 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_ELEMENTS = 3 << 16
-"""Elements per chunk: big enough that per-call overhead vanishes, small enough for the CPU caches."""
+"""Elements per chunk: big enough that per-call overhead vanishes, small enough for the CPU caches
+that torch's passes over a chunk share."""
+
+_NATIVE_CHUNK_ELEMENTS = 3 << 18
+"""Elements per chunk where the compiled pass reads a chunk once (a CPU device): four times the
+torch chunk, so that the per-chunk calls (reads, the side thread's hand-overs) cost less."""
 
 NAN_POLICIES = ("raise", "omit")
 DEFAULT_TOP = 10
@@ -425,8 +430,14 @@ class EvalOptions:
 
     @property
     def chunk(self) -> int:
-        """Elements per chunk."""
+        """Elements per chunk of torch's passes (the GPU, or the CPU without the compiled pass)."""
         return DEFAULT_CHUNK_ELEMENTS if self.chunk_elements is None else self.chunk_elements
+
+    def chunk_on(self, device: torch.device) -> int:
+        """Elements per chunk of a pass on ``device``."""
+        if self.chunk_elements is None and device.type == "cpu" and _native_pass.ENABLED:
+            return _NATIVE_CHUNK_ELEMENTS
+        return self.chunk
 
     @property
     def omit(self) -> bool:
@@ -1191,7 +1202,7 @@ def _accumulate(
     first, last = _rank_rows(inputs)
     accumulators = [_Accumulator(options, inputs, plan, p) for p in inputs.preds]
     computers = [_ChunkComputer(options, inputs, plan, p) for p in inputs.preds]
-    ranges = chunk_ranges(inputs.shape, _chunk_elements(options, inputs.row_size), (first, last))
+    ranges = chunk_ranges(inputs.shape, _chunk_elements(options, inputs), (first, last))
     counter = _Counter(progress, (last - first) * inputs.row_size)
 
     def work() -> None:
@@ -1261,7 +1272,7 @@ def _scan_hit_range(
     """
     threshold = options.classes.hit_threshold
     with _chunk_loop():
-        for start, stop in chunk_ranges(inputs.shape, options.chunk, rows):
+        for start, stop in chunk_ranges(inputs.shape, options.chunk_on(inputs.device), rows):
             y = inputs.target.read(start, stop)
             keep = inputs.read_mask(start, stop)
             found = None if keep is not None or options.figure_stats else _largest_hit(y, threshold)
@@ -1303,13 +1314,14 @@ def _merged_extremes(extremes: torch.Tensor) -> tuple[float | None, float | None
     return (low, high) if math.isfinite(low) else (None, None)
 
 
-def _chunk_elements(options: EvalOptions, row_size: int) -> int:
+def _chunk_elements(options: EvalOptions, inputs: _Inputs) -> int:
     """Elements per chunk, fewer with ``per_sample`` and many classes: a chunk of whole samples holds
-    ``(samples, K)`` statistics, kept to about the chunk's own size whatever K is."""
+    ``(samples, K)`` statistics, kept to about the size of a torch chunk whatever K is."""
+    chunk = options.chunk_on(inputs.device)
     if not options.per_sample:
-        return options.chunk
+        return chunk
     samples = max(1, options.chunk // options.classes.num_classes)
-    return min(options.chunk, samples * max(row_size, 1))
+    return min(chunk, samples * max(inputs.row_size, 1))
 
 
 def _agree_on_errors(error: str | None) -> str | None:
@@ -1720,7 +1732,7 @@ class _FolderJob:
             computers = [_ChunkComputer(options, inputs, plan, p) for p in inputs.preds]
             rows = _all_rows(inputs)
             counter.start(group.size, (rows[1] - rows[0]) * inputs.row_size)
-            ranges = chunk_ranges(inputs.shape, _chunk_elements(options, inputs.row_size), rows)
+            ranges = chunk_ranges(inputs.shape, _chunk_elements(options, inputs), rows)
             _stream(inputs, computers, accumulators, ranges, counter)
             inputs.verify()
             if not options.omit:
