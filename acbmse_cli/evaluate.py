@@ -936,6 +936,7 @@ class _Accumulator:
         self.per_sample = options.per_sample
         self.omit = options.omit
         self.row_size = inputs.row_size
+        self.noise, self.device = options.input is not None, inputs.device
         self.totals = _Totals.zeros(options, plan, inputs.device, first_bad=(pred.size, inputs.target.size))
         self.row_stats: ClassStats | None = None  # the sample being read in parts
         self.counting: Future[_Counts] | None = None  # the last chunk's counts, on the side thread
@@ -960,6 +961,12 @@ class _Accumulator:
             self._offer(result.start // self.row_size, result.stats)
         else:
             self._fold_part_of_sample(result)
+
+    def restart_curve(self, plan: _Plan) -> None:
+        """Drop the curve's counts so far: the chunks to come are counted on ``plan``'s grid."""
+        self.settle()
+        assert plan.curve is not None
+        self.totals.curve = DetectionStats.zeros(plan.curve, noise=self.noise, device=self.device)
 
     def settle(self) -> None:
         """Add the counts still being worked out on the side thread."""
@@ -1089,15 +1096,19 @@ def _stream(
     accumulators: Sequence[_Accumulator],
     ranges: Iterable[tuple[int, int]],
     progress: Callable[[int], None],
+    watch: _GridWatch | None = None,
 ) -> None:
     """Read, compute and fold every range, on one CPU thread (or the GPU); the histograms of
-    detection and figures on a second thread where the machine has a core for it."""
+    detection and figures on a second thread where the machine has a core for it; ``watch``
+    widens the curve's grid where a chunk of the target needs it, before the chunk is counted."""
     with _chunk_loop(), _side_thread(inputs, computers) as side:
         for computer in computers:
             computer.side = side
         for start, stop in ranges:
             y, lab, noisy = inputs.read_shared(start, stop)
             keep = inputs.read_mask(start, stop)
+            if watch is not None:
+                watch.see(start, y, keep, computers, accumulators)
             for pred, computer, accumulator in zip(inputs.preds, computers, accumulators, strict=True):
                 x = pred.read(start, stop).to(inputs.device)
                 accumulator.fold(computer.compute(start, stop, _Chunk(x, y, lab, noisy, keep)))
@@ -1194,25 +1205,119 @@ def _rank_rows(inputs: _Inputs) -> tuple[int, int]:
     return rows * rank // world, rows * (rank + 1) // world
 
 
+def _plan_and_accumulate(
+    inputs: _Inputs, options: EvalOptions, progress: Progress | None
+) -> tuple[_Plan, list[_Totals]]:
+    """The plan of the pass, and :func:`_accumulate` under it.  Where the plan needs only the end of
+    the curve's default grid, a :class:`_GridWatch` finds it during the pass, not before."""
+    if not _GridWatch.applies(options):
+        plan = _plan(inputs, options)
+        return plan, _accumulate(inputs, options, plan, progress)
+    watch = _GridWatch(inputs, options)
+    totals = _accumulate(inputs, options, watch.plan, progress, watch)
+    return watch.plan, totals
+
+
 def _accumulate(
-    inputs: _Inputs, options: EvalOptions, plan: _Plan, progress: Progress | None
+    inputs: _Inputs,
+    options: EvalOptions,
+    plan: _Plan,
+    progress: Progress | None,
+    watch: _GridWatch | None = None,
 ) -> list[_Totals]:
     """This rank's share of the samples added up, one total per prediction; under torchrun, all
     the ranks' totals merged."""
     first, last = _rank_rows(inputs)
     accumulators = [_Accumulator(options, inputs, plan, p) for p in inputs.preds]
     computers = [_ChunkComputer(options, inputs, plan, p) for p in inputs.preds]
-    ranges = chunk_ranges(inputs.shape, _chunk_elements(options, inputs), (first, last))
+    ranges = list(chunk_ranges(inputs.shape, _chunk_elements(options, inputs), (first, last)))
     counter = _Counter(progress, (last - first) * inputs.row_size)
 
     def work() -> None:
-        _stream(inputs, computers, accumulators, ranges, counter)
+        _stream(inputs, computers, accumulators, ranges, counter, watch)
         inputs.verify()  # before any result: a checksum that fails makes the whole run an error
 
     _on_every_rank(work)
+    totals = [a.totals for a in accumulators]
+    if watch is not None:
+        watch.settle(inputs, totals, ranges)
     if _distributed.world()[1] == 1:
-        return [a.totals for a in accumulators]
-    return [a.totals.all_reduce() for a in accumulators]
+        return totals
+    return [t.all_reduce() for t in totals]
+
+
+class _GridWatch:
+    """The curve's default grid, found during the pass instead of in a pass over the target first.
+
+    The grid ends at the target's largest hit, rounded up to a round number.  The first chunk of
+    every rank gives a guess; each chunk of the pass widens it before it is counted, and the
+    counts on the narrower grid start again from there.  At the end the ranks agree on the grid,
+    and the chunks that were counted on another grid are counted again (:meth:`settle`).  The
+    result is the same as with the grid known in advance; where the first chunk holds a hit in
+    the round band of the largest one (targets of a bounded range) each chunk is read once.
+    """
+
+    @staticmethod
+    def applies(options: EvalOptions) -> bool:
+        """Whether the largest hit is all the plan needs of the target (no figure bounds)."""
+        return options.detect_curve and options.grid is None and not options.figure_stats
+
+    def __init__(self, inputs: _Inputs, options: EvalOptions) -> None:
+        self.options = options
+        self.extremes = _no_extremes()
+        first, last = _rank_rows(inputs)
+        self.counted_from = first * inputs.row_size  # where the counts on the current grid begin
+        head = next(iter(chunk_ranges(inputs.shape, _chunk_elements(options, inputs), (first, last))), None)
+        if head is not None:
+            _on_every_rank(lambda: self._widen(inputs.target.read(*head), inputs.read_mask(*head)))
+        low, high = _merged_extremes(self.extremes.clone())  # every rank starts on the same grid
+        if low is not None and high is not None:
+            self.extremes = torch.tensor([low, high], dtype=torch.float64)
+        self.plan = _plan_with(options, lambda: (low, high))
+        self.largest = float(self.extremes[1])
+
+    def _widen(self, y: torch.Tensor, keep: torch.Tensor | None) -> None:
+        _widen_extremes(self.extremes, y, keep, self.options)
+
+    def see(
+        self,
+        start: int,
+        y: torch.Tensor,
+        keep: torch.Tensor | None,
+        computers: Sequence[_ChunkComputer],
+        accumulators: Sequence[_Accumulator],
+    ) -> None:
+        """Widen the grid to the hits of the chunk at ``start`` where they reach past it."""
+        self._widen(y, keep)
+        if not float(self.extremes[1]) > self.largest:
+            return
+        self.largest = float(self.extremes[1])
+        plan = _plan_with(self.options, lambda: _merged_extremes(self.extremes.clone(), local=True))
+        if plan == self.plan:
+            return
+        self.plan, self.counted_from = plan, start
+        for computer in computers:
+            computer.plan = plan
+        for accumulator in accumulators:
+            accumulator.restart_curve(plan)
+
+    def settle(self, inputs: _Inputs, totals: Sequence[_Totals], ranges: Sequence[tuple[int, int]]) -> None:
+        """Agree on the grid of all ranks, and count again the chunks counted on another one."""
+        final = _plan_with(self.options, lambda: _merged_extremes(self.extremes.clone()))
+        redo = [r for r in ranges if final != self.plan or r[0] < self.counted_from]
+        if any(t.nonfinite != (0, 0) for t in totals) and not self.options.omit:
+            redo = []  # the run ends in an error
+        again = _Plan(curve=final.curve)
+        accumulators = [_Accumulator(self.options, inputs, again, p) for p in inputs.preds]
+        computers = [_ChunkComputer(self.options, inputs, again, p) for p in inputs.preds]
+        _on_every_rank(lambda: _stream(inputs, computers, accumulators, redo, lambda _: None))
+        for total, accumulator in zip(totals, accumulators, strict=True):
+            if final != self.plan:
+                total.curve = accumulator.totals.curve
+            elif redo:
+                assert total.curve is not None and accumulator.totals.curve is not None
+                total.curve = total.curve + accumulator.totals.curve
+        self.plan = final
 
 
 def _on_every_rank(work: Callable[[], None]) -> None:
@@ -1232,7 +1337,8 @@ def _on_every_rank(work: Callable[[], None]) -> None:
 
 def _plan(inputs: _Inputs, options: EvalOptions) -> _Plan:
     """The grids and bounds of the pass; the default grid and the figure's bounds come from the
-    range of the target's hit values, found in a pass over the target alone."""
+    range of the target's hit values, found in a pass over the target alone (where no
+    :class:`_GridWatch` finds it during the pass)."""
     return _plan_with(options, lambda: _hit_range(inputs, options))
 
 
@@ -1270,16 +1376,21 @@ def _scan_hit_range(
     The smallest is looked for only where the figures need it (``figure_stats``); otherwise it is
     taken to be the largest, and only the largest (the default grid's end) is exact.
     """
-    threshold = options.classes.hit_threshold
     with _chunk_loop():
         for start, stop in chunk_ranges(inputs.shape, options.chunk_on(inputs.device), rows):
-            y = inputs.target.read(start, stop)
-            keep = inputs.read_mask(start, stop)
-            found = None if keep is not None or options.figure_stats else _largest_hit(y, threshold)
-            if found is None:
-                found = _hit_extremes(y, threshold, keep)
-            extremes[0] = min(float(extremes[0]), found[0])
-            extremes[1] = max(float(extremes[1]), found[1])
+            _widen_extremes(extremes, inputs.target.read(start, stop), inputs.read_mask(start, stop), options)
+
+
+def _widen_extremes(
+    extremes: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None, options: EvalOptions
+) -> None:
+    """Widen ``extremes`` to the finite hits of ``y`` (where ``keep``), as :func:`_scan_hit_range`."""
+    threshold = options.classes.hit_threshold
+    found = None if keep is not None or options.figure_stats else _largest_hit(y, threshold)
+    if found is None:
+        found = _hit_extremes(y, threshold, keep)
+    extremes[0] = min(float(extremes[0]), found[0])
+    extremes[1] = max(float(extremes[1]), found[1])
 
 
 def _largest_hit(y: torch.Tensor, threshold: float) -> tuple[float, float] | None:
@@ -1304,9 +1415,9 @@ def _hit_extremes(y: torch.Tensor, threshold: float, keep: torch.Tensor | None) 
     return float(low), float(high)
 
 
-def _merged_extremes(extremes: torch.Tensor) -> tuple[float | None, float | None]:
-    """The extremes of all ranks (``None`` without hits)."""
-    if _distributed.world()[1] > 1:
+def _merged_extremes(extremes: torch.Tensor, *, local: bool = False) -> tuple[float | None, float | None]:
+    """The extremes of all ranks, or of this one with ``local`` (``None`` without hits)."""
+    if not local and _distributed.world()[1] > 1:
         extremes = torch.cat(
             [_distributed.all_reduce(extremes[:1], "min"), _distributed.all_reduce(extremes[1:], "max")]
         )
@@ -1389,8 +1500,7 @@ def evaluate_many(
     rank, world = _distributed.world()
     device = _rank_device(options.torch_device, rank, world)
     with _open_inputs(preds, target, options, device) as inputs:
-        plan = _plan(inputs, options)
-        totals = _accumulate(inputs, options, plan, progress)
+        plan, totals = _plan_and_accumulate(inputs, options, progress)
         if not options.omit:
             for t, source in zip(totals, inputs.preds, strict=True):
                 _raise_on_nonfinite(t, (source, inputs.target))

@@ -341,3 +341,80 @@ def test_the_default_grid_ends_at_the_largest_finite_hit(
     options = EvalOptions(detect_curve=True, nan_policy="omit", chunk_elements=4)
     doc = evaluate(tmp_path / "p.npy", tmp_path / "t.npy", options).to_dict()
     assert doc["run"]["thresholds"] == f"0.0:{stop!r}:201"
+
+
+def _round_up_reference(span: float) -> float:
+    """The smallest of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 times a power of ten that is at least ``span``."""
+    candidates = [m * 10.0**e for e in range(-12, 13) for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8)]
+    return min(c for c in candidates if c >= span * (1 - 1e-15))
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["rising", "largest first", "no hits at first", "one late outlier", "no hits"],
+)
+@pytest.mark.parametrize("extras", ["plain", "mask, omit, input", "per-sample, two predictions"])
+def test_the_default_grid_found_during_the_pass_equals_the_reference(
+    tmp_path: Path, layout: str, extras: str
+) -> None:
+    """The curve's default grid is guessed from the first chunk and widened during the pass; the
+    chunks counted on a narrower grid are counted again.  Targets whose largest hit comes first,
+    last, after chunks without hits, or never: every count equals the float64 reference on the
+    grid from the hit threshold to the largest finite hit, rounded up."""
+    rng = np.random.default_rng(5)
+    shape = (48, 1, 4, 5)
+    hits = rng.random(shape) < 0.2
+    rows = np.arange(shape[0], dtype=np.float64).reshape(-1, 1, 1, 1)
+    values = {
+        "rising": 1.0 + rows * 2.7,  # each chunk past the grid of the ones before
+        "largest first": np.where(rows == 0, 900.0, rng.uniform(1, 50, shape)),
+        "no hits at first": np.where(rows < 10, 0.0, rng.uniform(1, 30, shape)),
+        "one late outlier": np.where(rows == 40, 4000.0, rng.uniform(1, 30, shape)),
+        "no hits": np.zeros(shape),
+    }[layout]
+    target = np.where(hits, values * np.ones(shape), 0.0).astype(np.float32)
+    target[0, 0, 0, 0] = 900.0 if layout == "largest first" else target[0, 0, 0, 0]
+    if layout == "one late outlier":
+        target[40, 0, 0, 0] = 4000.0
+    pred = (target + rng.normal(0, 3, shape)).astype(np.float32)
+    other = (0.5 * target + rng.normal(0, 6, shape)).astype(np.float32)
+    keep = np.ones(shape, dtype=bool)
+    noisy = None
+    if extras == "mask, omit, input":
+        keep = rng.random(shape) < 0.8
+        pred[30, 0, 1, 1] = np.nan  # in a chunk counted before the grid is widened
+        target[3, 0, 2, 2] = np.inf  # no hit range, and left out with its element
+        noisy = np.where(~hits & (rng.random(shape) < 0.1), 35.0, target).astype(np.float32)
+    for name, array in (("p", pred), ("o", other), ("t", target), ("m", keep), ("n", noisy)):
+        if array is not None:
+            np.save(tmp_path / f"{name}.npy", array)
+    options = EvalOptions(
+        detect_curve=True,
+        chunk_elements=40,
+        mask=str(tmp_path / "m.npy") if extras == "mask, omit, input" else None,
+        nan_policy="omit" if extras == "mask, omit, input" else "raise",
+        input=str(tmp_path / "n.npy") if noisy is not None else None,
+        per_sample=extras.startswith("per-sample"),
+    )
+    preds = [tmp_path / "p.npy", tmp_path / "o.npy"] if "two" in extras else [tmp_path / "p.npy"]
+    reports = [r.to_dict() for r in evaluate_many(preds, tmp_path / "t.npy", options).reports]
+    # the reference: the elements kept (mask, finite prediction and target), the grid of the target's
+    # largest finite hit among the kept elements
+    finite_target = np.isfinite(target)
+    ranged = keep & finite_target & (np.abs(target) > 0)
+    span = float(target[ranged].max()) if ranged.any() else 0.0
+    stop = _round_up_reference(span) if span > 0 else 1.0
+    grid = np.array(ThresholdGrid.linspace(0.0, stop, 201).values)
+    for path, report in zip(preds, reports, strict=True):
+        values_of = np.load(path)
+        counted = keep & finite_target & np.isfinite(values_of)
+        assert report["run"]["thresholds"] == f"0.0:{stop!r}:201"
+        expected = reference_curve(
+            values_of[counted], target[counted], grid, noisy=None if noisy is None else noisy[counted]
+        )
+        curve = report["detection_curve"]
+        for key in ("tp", "fp", "fn"):
+            assert curve[key] == expected[key], key
+        assert _close(curve["average_precision"], expected["average_precision"])
+        if noisy is not None:
+            assert _close(report["denoising_curve"]["noise_removed"], expected["noise_removed"])

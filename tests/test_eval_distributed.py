@@ -130,3 +130,31 @@ def test_torchrun_curve_denoising_and_several_predictions_equal_one_process(
         for key in ("detection", "denoising", "detection_curve", "denoising_curve"):
             assert d[key] == a[key], key  # integer counts and ratios of them: exact
         assert_close(d, a, rel=1e-9)
+
+
+@pytest.mark.parametrize("largest_on", ["first rank, last chunk", "second rank, last chunk"])
+def test_torchrun_curve_on_a_grid_found_during_the_pass_equals_the_reference(
+    tmp_path: Path, largest_on: str
+) -> None:
+    """Each rank guesses the default grid from its first chunk and widens it as it reads; the ranks
+    then agree on the grid of the largest hit of all, and count again what they counted on another:
+    the counts at every threshold equal numpy's."""
+    rng = np.random.default_rng(4)
+    shape = (20, 3, 4)
+    target = np.where(rng.random(shape) < 0.2, rng.uniform(1, 9, shape), 0.0).astype(np.float32)
+    target[9 if largest_on.startswith("first") else 19, 2, 3] = 730.0
+    pred = (target + rng.normal(0, 2, shape)).astype(np.float32)
+    np.save(tmp_path / "t.npy", target)
+    np.save(tmp_path / "p.npy", pred)
+    args = ["p.npy", "t.npy", "--detect-curve", "--format", "json", "--chunk-elements", "24"]
+    args += ["--device", "cpu"]
+    done = torchrun(args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    curve = json.loads(done.stdout)["detection_curve"]
+    grid = np.linspace(0.0, 800.0, 201)  # 730, rounded up
+    assert curve["threshold"] == pytest.approx(grid.tolist(), abs=1e-12)
+    p, truth = pred.astype(np.float64).ravel(), target.ravel() > 0
+    thresholds = np.array(curve["threshold"])
+    detected = p[:, None] > thresholds[None, :]
+    assert curve["tp"] == (detected & truth[:, None]).sum(axis=0).tolist()
+    assert curve["fp"] == (detected & ~truth[:, None]).sum(axis=0).tolist()
