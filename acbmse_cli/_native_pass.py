@@ -11,8 +11,10 @@ time), or ``ACBMSE_NATIVE=0`` is set, :data:`ENABLED` is False and torch does ev
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -104,13 +106,35 @@ def detection_bins(
     hits = torch.zeros(bins, dtype=torch.int64)
     nonhits = torch.zeros(bins, dtype=torch.int64)
     noise = None if noisy is None else torch.zeros(bins, dtype=torch.int64)
-    if x.numel():
-        inverse_step, low, high = linear if linear is not None else (0.0, 0.0, 0.0)
-        _native.detection_bins(
-            _values(x.reshape(-1)), _values(y.reshape(-1)),
-            None if noisy is None else _values(noisy.reshape(-1)),
-            _bytes(None if mask is None else mask.reshape(-1)),
-            float(hit_threshold), edges.to(torch.float64).contiguous().numpy(), linear is not None,
-            inverse_step, low, high, hits.numpy(), nonhits.numpy(), None if noise is None else noise.numpy(),
-        )  # fmt: skip
+    bins_adder(x, y, edges, linear=linear, hit_threshold=hit_threshold, noisy=noisy, mask=mask,
+               into=(hits, nonhits, noise))()  # fmt: skip
     return hits, nonhits, noise
+
+
+def bins_adder(
+    x: Tensor,
+    y: Tensor,
+    edges: Tensor,
+    *,
+    linear: tuple[float, float, float] | None,
+    hit_threshold: float,
+    noisy: Tensor | None,
+    mask: Tensor | None,
+    into: tuple[Tensor, Tensor, Tensor | None],
+) -> Callable[[], None]:
+    """:func:`detection_bins` added into the int64 counts ``into`` (hits, non-hits, noise hits)
+    when the returned function is called: the arguments are made ready here, and the call
+    itself runs without the GIL, so a second thread calling it holds the GIL for next to no
+    time."""
+    if not x.numel():
+        return lambda: None
+    inverse_step, low, high = linear if linear is not None else (0.0, 0.0, 0.0)
+    hits, nonhits, noise = into
+    return functools.partial(
+        _native.detection_bins,
+        _values(x.reshape(-1)), _values(y.reshape(-1)),
+        None if noisy is None else _values(noisy.reshape(-1)),
+        _bytes(None if mask is None else mask.reshape(-1)),
+        float(hit_threshold), edges.to(torch.float64).contiguous().numpy(), linear is not None,
+        inverse_step, low, high, hits.numpy(), nonhits.numpy(), None if noise is None else noise.numpy(),
+    )  # fmt: skip

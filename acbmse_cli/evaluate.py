@@ -44,6 +44,7 @@ from acbmse_cli.histograms import (
     ThresholdGrid,
     calibration_bounds,
     default_grid,
+    detection_adder,
     detection_curve,
     detection_stats,
     error_stats,
@@ -678,6 +679,7 @@ class _ChunkComputer:
         # Integers and bools are finite: only floating-point files need the check.
         self.check_finite = any(s.dtype.startswith(("float", "bfloat")) for s in (pred, inputs.target))
         self.side: ThreadPoolExecutor | None = None  # where the histograms are counted, if not here
+        self.into: _Totals | None = None  # the totals that the compiled pass adds to, on the side
 
     @property
     def counts_histograms(self) -> bool:
@@ -714,10 +716,29 @@ class _ChunkComputer:
         if not self.counts_histograms:
             return
         if self.side is not None:
-            result.counting = self.side.submit(self._counts, chunk)
+            adders = self._adders(chunk)
+            if adders is None:
+                result.counting = self.side.submit(self._counts, chunk)
+            else:
+                result.counting = self.side.submit(_run_adders, adders)
             return
         counts = self._counts(chunk)
         result.detection, result.curve, result.figures = counts.detection, counts.curve, counts.figures
+
+    def _adders(self, chunk: _Chunk) -> list[Callable[[], None]] | None:
+        """The chunk's detection counts as calls of the compiled pass that add them into the totals,
+        made ready here so that the side thread holds the GIL for next to no time (which the
+        reading and the class sums on this thread then wait for); ``None`` where they cannot be
+        (figures, or the pass does not apply)."""
+        plan, into, threshold = self.plan, self.into, self.classes.hit_threshold
+        if into is None or plan.bounds is not None or not _native_pass.applies(chunk.x, chunk.y, chunk.noisy):
+            return None
+        pairs = ((plan.fixed, into.detection), (plan.curve, into.curve))
+        return [
+            detection_adder(stats, chunk.x, chunk.y, grid, hit_threshold=threshold, noisy=chunk.noisy)
+            for grid, stats in pairs
+            if grid is not None and stats is not None
+        ]
 
     def _counts(self, chunk: _Chunk) -> _Counts:
         plan, threshold = self.plan, self.classes.hit_threshold
@@ -978,8 +999,8 @@ class _Accumulator:
         totals = self.totals
         for name in ("detection", "curve", "figures"):
             part = getattr(counts, name)
-            if part is not None:
-                setattr(totals, name, getattr(totals, name) + part)
+            if part is not None:  # in place: the side thread may be adding into the same tensors
+                getattr(totals, name).add_(part)
 
     def _fold_part_of_sample(self, result: _ChunkResult) -> None:
         """Part of one sample: added up until the sample is complete, then ranked."""
@@ -1102,8 +1123,8 @@ def _stream(
     detection and figures on a second thread where the machine has a core for it; ``watch``
     widens the curve's grid where a chunk of the target needs it, before the chunk is counted."""
     with _chunk_loop(), _side_thread(inputs, computers) as side:
-        for computer in computers:
-            computer.side = side
+        for computer, accumulator in zip(computers, accumulators, strict=True):
+            computer.side, computer.into = side, accumulator.totals
         for start, stop in ranges:
             y, lab, noisy = inputs.read_shared(start, stop)
             keep = inputs.read_mask(start, stop)
@@ -1115,6 +1136,13 @@ def _stream(
             progress(stop - start)
         for accumulator in accumulators:
             accumulator.settle()
+
+
+def _run_adders(adders: Sequence[Callable[[], None]]) -> _Counts:
+    """Run the compiled counts of a chunk (on the side thread); they are in the totals already."""
+    for add in adders:
+        add()
+    return _Counts()
 
 
 def _idle_cores() -> int:
@@ -1264,20 +1292,24 @@ class _GridWatch:
 
     def __init__(self, inputs: _Inputs, options: EvalOptions) -> None:
         self.options = options
-        self.extremes = _no_extremes()
+        self.low, self.high = math.inf, -math.inf  # of this rank's hits so far
         first, last = _rank_rows(inputs)
         self.counted_from = first * inputs.row_size  # where the counts on the current grid begin
         head = next(iter(chunk_ranges(inputs.shape, _chunk_elements(options, inputs), (first, last))), None)
         if head is not None:
             _on_every_rank(lambda: self._widen(inputs.target.read(*head), inputs.read_mask(*head)))
-        low, high = _merged_extremes(self.extremes.clone())  # every rank starts on the same grid
+        low, high = self._merged()  # every rank starts on the same grid
         if low is not None and high is not None:
-            self.extremes = torch.tensor([low, high], dtype=torch.float64)
+            self.low, self.high = low, high
         self.plan = _plan_with(options, lambda: (low, high))
-        self.largest = float(self.extremes[1])
+        self.largest = self.high  # the largest hit of the current grid
 
     def _widen(self, y: torch.Tensor, keep: torch.Tensor | None) -> None:
-        _widen_extremes(self.extremes, y, keep, self.options)
+        low, high = _chunk_extremes(y, keep, self.options)
+        self.low, self.high = min(self.low, low), max(self.high, high)
+
+    def _merged(self, *, local: bool = False) -> tuple[float | None, float | None]:
+        return _merged_extremes(torch.tensor([self.low, self.high], dtype=torch.float64), local=local)
 
     def see(
         self,
@@ -1289,10 +1321,10 @@ class _GridWatch:
     ) -> None:
         """Widen the grid to the hits of the chunk at ``start`` where they reach past it."""
         self._widen(y, keep)
-        if not float(self.extremes[1]) > self.largest:
+        if not self.high > self.largest:
             return
-        self.largest = float(self.extremes[1])
-        plan = _plan_with(self.options, lambda: _merged_extremes(self.extremes.clone(), local=True))
+        self.largest = self.high
+        plan = _plan_with(self.options, lambda: self._merged(local=True))
         if plan == self.plan:
             return
         self.plan, self.counted_from = plan, start
@@ -1303,7 +1335,7 @@ class _GridWatch:
 
     def settle(self, inputs: _Inputs, totals: Sequence[_Totals], ranges: Sequence[tuple[int, int]]) -> None:
         """Agree on the grid of all ranks, and count again the chunks counted on another one."""
-        final = _plan_with(self.options, lambda: _merged_extremes(self.extremes.clone()))
+        final = _plan_with(self.options, self._merged)
         redo = [r for r in ranges if final != self.plan or r[0] < self.counted_from]
         if any(t.nonfinite != (0, 0) for t in totals) and not self.options.omit:
             redo = []  # the run ends in an error
@@ -1376,21 +1408,19 @@ def _scan_hit_range(
     The smallest is looked for only where the figures need it (``figure_stats``); otherwise it is
     taken to be the largest, and only the largest (the default grid's end) is exact.
     """
+    low, high = float(extremes[0]), float(extremes[1])
     with _chunk_loop():
         for start, stop in chunk_ranges(inputs.shape, options.chunk_on(inputs.device), rows):
-            _widen_extremes(extremes, inputs.target.read(start, stop), inputs.read_mask(start, stop), options)
+            found = _chunk_extremes(inputs.target.read(start, stop), inputs.read_mask(start, stop), options)
+            low, high = min(low, found[0]), max(high, found[1])
+    extremes[0], extremes[1] = low, high
 
 
-def _widen_extremes(
-    extremes: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None, options: EvalOptions
-) -> None:
-    """Widen ``extremes`` to the finite hits of ``y`` (where ``keep``), as :func:`_scan_hit_range`."""
+def _chunk_extremes(y: torch.Tensor, keep: torch.Tensor | None, options: EvalOptions) -> tuple[float, float]:
+    """The smallest and largest finite hits of ``y`` where ``keep``, as :func:`_scan_hit_range` takes them."""
     threshold = options.classes.hit_threshold
     found = None if keep is not None or options.figure_stats else _largest_hit(y, threshold)
-    if found is None:
-        found = _hit_extremes(y, threshold, keep)
-    extremes[0] = min(float(extremes[0]), found[0])
-    extremes[1] = max(float(extremes[1]), found[1])
+    return _hit_extremes(y, threshold, keep) if found is None else found
 
 
 def _largest_hit(y: torch.Tensor, threshold: float) -> tuple[float, float] | None:

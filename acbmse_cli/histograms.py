@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "calibration_bounds",
     "count_below",
     "default_grid",
+    "detection_adder",
     "detection_curve",
     "detection_stats",
     "error_bin_edges",
@@ -175,6 +177,7 @@ def _linear_guess(grid: ThresholdGrid, margin: float = 0.125) -> tuple[float, fl
     return inverse_step, 1.0 - margin - start * inverse_step
 
 
+@functools.lru_cache(maxsize=32)
 def _two_guesses(dtype: torch.dtype, grid: ThresholdGrid) -> tuple[float, float, float]:
     """``(1 / step, low, high)``: the offsets of the compiled binning's two guesses, the narrowest
     margin below and above the count that still exceeds their rounding error in ``dtype``.
@@ -285,6 +288,28 @@ def detection_stats(
         is_noise = hit_mask(noisy.reshape(-1), hit_threshold) & ~truth
         noise = torch.bincount(torch.where(is_noise, key, bins), minlength=bins + 1)[:bins]
     return DetectionStats(by_class[1], by_class[0], noise)
+
+
+def detection_adder(
+    into: DetectionStats,
+    input: Tensor,
+    target: Tensor,
+    grid: ThresholdGrid,
+    *,
+    hit_threshold: float = 0.0,
+    noisy: Tensor | None = None,
+) -> Callable[[], None]:
+    """:func:`detection_stats` of CPU tensors added into ``into`` by the compiled pass when the
+    returned function is called (without the GIL: made for a second thread; see
+    :func:`acbmse_cli._native_pass.bins_adder`).  Only where ``_native_pass.applies``."""
+    values = _binned(input.detach())
+    linear = _by_arithmetic(values.dtype, grid)
+    edges = _edges_in(values.dtype, grid, values.device)[: len(grid) + linear]
+    return _native_pass.bins_adder(
+        values, target.detach(), edges, linear=_two_guesses(values.dtype, grid) if linear else None,
+        hit_threshold=hit_threshold, noisy=None if noisy is None else noisy.detach(), mask=None,
+        into=(into.hits, into.nonhits, into.noise),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

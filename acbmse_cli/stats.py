@@ -69,8 +69,7 @@ class Summable:
     @classmethod
     def merge_of(cls, name: str) -> Merge:
         """How field ``name`` merges."""
-        merge: Merge = next(f for f in fields(cls) if f.name == name).metadata["merge"]  # type: ignore[arg-type]
-        return merge
+        return _merge_rules(cls)[name]
 
     def __add__(self, other: Any) -> Any:
         def merge(name: str, a: Tensor) -> Tensor | None:
@@ -81,6 +80,13 @@ class Summable:
 
         return self._map(merge)
 
+    def add_(self, other: Any) -> None:
+        """Merge ``other`` into these tensors, in place (the fields it fills are filled here)."""
+        for name, merge in _merge_rules(type(self)).items():
+            a, b = getattr(self, name), getattr(other, name)
+            if a is not None and b is not None:
+                torch.maximum(a, b, out=a) if merge == "max" else a.add_(b)
+
     def to(self, device: torch.device | str) -> Any:
         """The same statistics on another device."""
         return self._map(lambda _name, v: v.to(device))
@@ -90,6 +96,17 @@ class Summable:
         from acbmse_cli._distributed import all_reduce
 
         return self._map(lambda name, v: all_reduce(v, self.merge_of(name)))
+
+
+_MERGE_RULES: dict[type, dict[str, Merge]] = {}
+
+
+def _merge_rules(cls: type) -> dict[str, Merge]:
+    """Every field of a :class:`Summable` subclass and how it merges, read once per class."""
+    rules = _MERGE_RULES.get(cls)
+    if rules is None:
+        rules = _MERGE_RULES[cls] = {f.name: f.metadata["merge"] for f in fields(cls)}
+    return rules
 
 
 @dataclass(frozen=True)

@@ -661,3 +661,31 @@ def test_detection_counts_against_numpy():
             int((detected & ~truth).sum()),
             int((~detected & truth).sum()),
         ]
+
+
+def test_statistics_merged_in_place_equal_the_whole_and_the_sum_of_parts():
+    """``add_`` (the eval's running totals) follows each field's merge rule: counts and sums add,
+    the largest error takes the maximum; a field the part leaves empty stays as it was."""
+    rng = np.random.default_rng(21)
+    pred, target = (
+        rng.normal(0, 3, (6, 50)),
+        np.where(rng.random((6, 50)) < 0.3, rng.uniform(1, 9, (6, 50)), 0.0),
+    )
+    pred[4, 7] = 40.0  # the largest error, in the second part
+    total = class_stats(torch.tensor(pred[:3]), torch.tensor(target[:3]), extended=True)
+    total.add_(class_stats(torch.tensor(pred[3:]), torch.tensor(target[3:]), extended=True))
+    truth = np.abs(target) > 0
+    err = pred - target
+    for c, m in enumerate((~truth, truth)):
+        assert int(total.count[0, c]) == int(m.sum())
+        np.testing.assert_allclose(float(total.sse[0, c]), np.sum(err[m] ** 2), rtol=1e-12)
+        np.testing.assert_allclose(float(total.sum_target[0, c]), np.sum(target[m]), rtol=1e-12)
+        assert float(total.max_abs_error[0, c]) == np.max(np.abs(err[m]))
+    plain = class_stats(torch.tensor(pred[:3]), torch.tensor(target[:3]))  # no extended fields
+    before = plain.sse.clone()
+    plain.add_(class_stats(torch.tensor(pred[3:]), torch.tensor(target[3:]), extended=True))
+    assert plain.max_abs_error is None
+    np.testing.assert_allclose(
+        plain.sse[0].numpy(), [np.sum(err[m] ** 2) for m in (~truth, truth)], rtol=1e-12
+    )
+    assert not torch.equal(before, plain.sse)
