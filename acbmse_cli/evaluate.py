@@ -1278,11 +1278,13 @@ class _GridWatch:
     """The curve's default grid, found during the pass instead of in a pass over the target first.
 
     The grid ends at the target's largest hit, rounded up to a round number.  The first chunk of
-    every rank gives a guess; each chunk of the pass widens it before it is counted, and the
-    counts on the narrower grid start again from there.  At the end the ranks agree on the grid,
-    and the chunks that were counted on another grid are counted again (:meth:`settle`).  The
-    result is the same as with the grid known in advance; where the first chunk holds a hit in
-    the round band of the largest one (targets of a bounded range) each chunk is read once.
+    every rank gives a guess; the chunks of the pass widen it, and the counts on the narrower
+    grid start again from the next chunk.  At the end the ranks agree on the grid, and the chunks
+    that were counted on another grid are counted again (:meth:`settle`).  The result is the same
+    as with the grid known in advance; where the first chunk holds a hit in the round band of the
+    largest one (targets of a bounded range) each chunk is read once.  A chunk's largest hit is
+    found on the side thread where there is one (the reading thread is the one that sets the
+    pace), so it widens the grid of a later chunk: that costs a few more chunks counted again.
     """
 
     @staticmethod
@@ -1303,6 +1305,7 @@ class _GridWatch:
             self.low, self.high = low, high
         self.plan = _plan_with(options, lambda: (low, high))
         self.largest = self.high  # the largest hit of the current grid
+        self.pending: list[Future[tuple[float, float]]] = []  # chunks' extremes, on the side thread
 
     def _widen(self, y: torch.Tensor, keep: torch.Tensor | None) -> None:
         low, high = _chunk_extremes(y, keep, self.options)
@@ -1319,8 +1322,13 @@ class _GridWatch:
         computers: Sequence[_ChunkComputer],
         accumulators: Sequence[_Accumulator],
     ) -> None:
-        """Widen the grid to the hits of the chunk at ``start`` where they reach past it."""
-        self._widen(y, keep)
+        """Widen the grid to the hits of the chunks seen so far, from the chunk at ``start`` on."""
+        side = computers[0].side if computers else None
+        if side is None:
+            self._widen(y, keep)
+        else:
+            self._collect(wait=False)
+            self.pending.append(side.submit(_chunk_extremes, y, keep, self.options))
         if not self.high > self.largest:
             return
         self.largest = self.high
@@ -1333,8 +1341,17 @@ class _GridWatch:
         for accumulator in accumulators:
             accumulator.restart_curve(plan)
 
+    def _collect(self, *, wait: bool) -> None:
+        """Widen the extremes by the chunks whose extremes the side thread has found (all: ``wait``)."""
+        done = [f for f in self.pending if wait or f.done()]
+        for found in done:
+            low, high = found.result()
+            self.low, self.high = min(self.low, low), max(self.high, high)
+        self.pending = [f for f in self.pending if f not in done]
+
     def settle(self, inputs: _Inputs, totals: Sequence[_Totals], ranges: Sequence[tuple[int, int]]) -> None:
         """Agree on the grid of all ranks, and count again the chunks counted on another one."""
+        self._collect(wait=True)
         final = _plan_with(self.options, self._merged)
         redo = [r for r in ranges if final != self.plan or r[0] < self.counted_from]
         if any(t.nonfinite != (0, 0) for t in totals) and not self.options.omit:

@@ -351,7 +351,14 @@ def _round_up_reference(span: float) -> float:
 
 @pytest.mark.parametrize(
     "layout",
-    ["rising", "largest first", "no hits at first", "one late outlier", "no hits"],
+    [
+        "rising",
+        "largest first",
+        "no hits at first",
+        "one late outlier",
+        "largest in the last chunk",
+        "no hits",
+    ],
 )
 @pytest.mark.parametrize("extras", ["plain", "mask, omit, input", "per-sample, two predictions"])
 def test_the_default_grid_found_during_the_pass_equals_the_reference(
@@ -370,12 +377,15 @@ def test_the_default_grid_found_during_the_pass_equals_the_reference(
         "largest first": np.where(rows == 0, 900.0, rng.uniform(1, 50, shape)),
         "no hits at first": np.where(rows < 10, 0.0, rng.uniform(1, 30, shape)),
         "one late outlier": np.where(rows == 40, 4000.0, rng.uniform(1, 30, shape)),
+        "largest in the last chunk": rng.uniform(1, 30, shape),
         "no hits": np.zeros(shape),
     }[layout]
     target = np.where(hits, values * np.ones(shape), 0.0).astype(np.float32)
     target[0, 0, 0, 0] = 900.0 if layout == "largest first" else target[0, 0, 0, 0]
     if layout == "one late outlier":
         target[40, 0, 0, 0] = 4000.0
+    if layout == "largest in the last chunk":  # found after the pass, on the side thread
+        target[-1, 0, 3, 4] = 650.0
     pred = (target + rng.normal(0, 3, shape)).astype(np.float32)
     other = (0.5 * target + rng.normal(0, 6, shape)).astype(np.float32)
     keep = np.ones(shape, dtype=bool)
