@@ -689,3 +689,62 @@ def test_statistics_merged_in_place_equal_the_whole_and_the_sum_of_parts():
         plain.sse[0].numpy(), [np.sum(err[m] ** 2) for m in (~truth, truth)], rtol=1e-12
     )
     assert not torch.equal(before, plain.sse)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 4096), (2, 5, 256), (3, 11264), (4, 1, 9, 7)],  # 2048-blocks, 256-blocks, 1024-blocks, none
+    ids=["blocks of 2048", "of 256", "of 1024 per sample", "no block"],
+)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_compiled_block_sums_equal_the_reference_with_infinite_errors(shape, per_sample):
+    """Under torch.compile the class sums and counts are taken block by block; the loss and its
+    gradient equal the float64 reference on rows that split into blocks of each length and on
+    rows that do not, and an infinite error stays in its own class (the loss is Inf, not NaN)."""
+    torch._dynamo.reset()
+    rng = np.random.default_rng(12)
+    pred, target = sparse_pair(rng, shape, 0.07)
+    compiled = torch.compile(acb_mse_loss, fullgraph=True, backend="aot_eager")
+    x = torch.tensor(pred, dtype=torch.float32, requires_grad=True)
+    y = torch.tensor(target, dtype=torch.float32)
+    got = compiled(x, y, hit_weight=3.0, per_sample=per_sample)
+    got.backward()
+    expected = ref_acb_mse(
+        x.detach().double().numpy(), y.double().numpy(), hit_weight=3.0, per_sample=per_sample
+    )
+    assert math.isclose(float(got.detach()), float(expected), rel_tol=1e-5)
+    if not per_sample:
+        labels = default_labels(y.double().numpy())
+        grad = acb_mse_grad(x.detach().double().numpy(), y.double().numpy(), labels, (1.0, 3.0))
+        np.testing.assert_allclose(x.grad.double().numpy(), grad, rtol=1e-5, atol=1e-9)
+    x_inf = x.detach().clone()
+    x_inf.view(-1)[int(np.flatnonzero(target.ravel() == 0)[0])] = math.inf  # a non-hit's error
+    assert math.isinf(float(compiled(x_inf, y, hit_weight=3.0, per_sample=per_sample)))
+
+
+@pytest.mark.parametrize("width", [2048 * 3, 1024 * 5, 256 * 7, 1000])
+def test_block_counts_are_exact(width):
+    from acbmse_cli._kernel import _blocked_count, _blocked_sum
+
+    rng = np.random.default_rng(width)
+    indicator = rng.random((3, width)) < 0.3
+    counts = _blocked_count(torch.from_numpy(indicator))
+    assert counts.dtype == torch.int64 and counts.tolist() == indicator.sum(axis=1).tolist()
+    values = rng.normal(size=(3, width))
+    np.testing.assert_allclose(_blocked_sum(torch.from_numpy(values)).numpy(), values.sum(axis=1), rtol=1e-12)
+
+
+def test_torch_compile_inductor_over_several_blocks():
+    """The default backend on rows of several 2048-blocks: the code it generates, forward and backward."""
+    torch._dynamo.reset()
+    rng = np.random.default_rng(8)
+    pred, target = sparse_pair(rng, (4, 1, 32, 64), 0.03)
+    compiled = torch.compile(acb_mse_loss, fullgraph=True)
+    x = torch.tensor(pred, dtype=torch.float32, requires_grad=True)
+    y = torch.tensor(target, dtype=torch.float32)
+    got = compiled(x, y, nonhit_weight=0.5)
+    got.backward()
+    expected = ref_acb_mse(x.detach().double().numpy(), y.double().numpy(), nonhit_weight=0.5)
+    assert math.isclose(float(got.detach()), float(expected), rel_tol=1e-5)
+    grad = acb_mse_grad(x.detach().double().numpy(), y.double().numpy(), default_labels(target), (0.5, 1.0))
+    np.testing.assert_allclose(x.grad.double().numpy(), grad, rtol=1e-5, atol=1e-9)
