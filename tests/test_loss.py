@@ -692,19 +692,25 @@ def test_statistics_merged_in_place_equal_the_whole_and_the_sum_of_parts():
 
 
 @pytest.mark.parametrize(
-    "shape",
-    [(3, 4096), (2, 5, 256), (3, 11264), (4, 1, 9, 7)],  # 2048-blocks, 256-blocks, 1024-blocks, none
-    ids=["blocks of 2048", "of 256", "of 1024 per sample", "no block"],
+    ("shape", "backend"),
+    [
+        ((3, 4096), "aot_eager"),  # blocks of 2048
+        ((2, 5, 256), "aot_eager"),  # of 256
+        ((3, 11264), "aot_eager"),  # of 1024 per sample
+        ((4, 1, 9, 7), "aot_eager"),  # none
+        ((4, 1, 32, 64), "inductor"),  # the code the default backend generates, over several blocks
+    ],
+    ids=["blocks of 2048", "of 256", "of 1024 per sample", "no block", "inductor"],
 )
 @pytest.mark.parametrize("per_sample", [False, True])
-def test_compiled_block_sums_equal_the_reference_with_infinite_errors(shape, per_sample):
+def test_compiled_block_sums_equal_the_reference_with_infinite_errors(shape, backend, per_sample):
     """Under torch.compile the class sums and counts are taken block by block; the loss and its
     gradient equal the float64 reference on rows that split into blocks of each length and on
     rows that do not, and an infinite error stays in its own class (the loss is Inf, not NaN)."""
     torch._dynamo.reset()
     rng = np.random.default_rng(12)
     pred, target = sparse_pair(rng, shape, 0.07)
-    compiled = torch.compile(acb_mse_loss, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(acb_mse_loss, fullgraph=True, backend=backend)
     x = torch.tensor(pred, dtype=torch.float32, requires_grad=True)
     y = torch.tensor(target, dtype=torch.float32)
     got = compiled(x, y, hit_weight=3.0, per_sample=per_sample)
@@ -732,19 +738,3 @@ def test_block_counts_are_exact(width):
     assert counts.dtype == torch.int64 and counts.tolist() == indicator.sum(axis=1).tolist()
     values = rng.normal(size=(3, width))
     np.testing.assert_allclose(_blocked_sum(torch.from_numpy(values)).numpy(), values.sum(axis=1), rtol=1e-12)
-
-
-def test_torch_compile_inductor_over_several_blocks():
-    """The default backend on rows of several 2048-blocks: the code it generates, forward and backward."""
-    torch._dynamo.reset()
-    rng = np.random.default_rng(8)
-    pred, target = sparse_pair(rng, (4, 1, 32, 64), 0.03)
-    compiled = torch.compile(acb_mse_loss, fullgraph=True)
-    x = torch.tensor(pred, dtype=torch.float32, requires_grad=True)
-    y = torch.tensor(target, dtype=torch.float32)
-    got = compiled(x, y, nonhit_weight=0.5)
-    got.backward()
-    expected = ref_acb_mse(x.detach().double().numpy(), y.double().numpy(), nonhit_weight=0.5)
-    assert math.isclose(float(got.detach()), float(expected), rel_tol=1e-5)
-    grad = acb_mse_grad(x.detach().double().numpy(), y.double().numpy(), default_labels(target), (0.5, 1.0))
-    np.testing.assert_allclose(x.grad.double().numpy(), grad, rtol=1e-5, atol=1e-9)
