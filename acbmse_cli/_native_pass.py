@@ -1,7 +1,7 @@
 """The compiled CPU pass (``acbmse_cli/_native.c``): the class sums and detection bins of a chunk,
 each element read once.
 
-:func:`class_sums` and :func:`detection_bins` take CPU tensors and return what the torch code of
+:func:`class_sums` and :func:`bins_adder` take CPU tensors and give what the torch code of
 :mod:`acbmse_cli.stats` and :mod:`acbmse_cli.histograms` computes, in one pass instead of many; those
 modules call them where they apply (CPU tensors, no autograd, float64 sums) and keep torch
 everywhere else (GPU, training).  Where the extension was not built (no C compiler at install
@@ -85,32 +85,6 @@ def class_sums(
     return count, sums, largest, int(outside)
 
 
-def detection_bins(
-    x: Tensor,
-    y: Tensor,
-    edges: Tensor,
-    *,
-    linear: tuple[float, float, float] | None,
-    hit_threshold: float,
-    noisy: Tensor | None,
-    mask: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The detection bin counts ``(G + 1,)`` of the hits, non-hits and (with ``noisy``) noise hits.
-
-    ``edges``: the ``G`` thresholds rounded down into the dtype that ``x`` is binned in (+inf
-    appended for an evenly spaced grid); ``linear``: ``(inverse_step, low, high)``, the offsets
-    of the two arithmetic guesses of such a grid (the count or one less, the count or one
-    more), None for a binary search.
-    """
-    bins = edges.numel() + (0 if linear is not None else 1)
-    hits = torch.zeros(bins, dtype=torch.int64)
-    nonhits = torch.zeros(bins, dtype=torch.int64)
-    noise = None if noisy is None else torch.zeros(bins, dtype=torch.int64)
-    bins_adder(x, y, edges, linear=linear, hit_threshold=hit_threshold, noisy=noisy, mask=mask,
-               into=(hits, nonhits, noise))()  # fmt: skip
-    return hits, nonhits, noise
-
-
 def bins_adder(
     x: Tensor,
     y: Tensor,
@@ -122,10 +96,16 @@ def bins_adder(
     mask: Tensor | None,
     into: tuple[Tensor, Tensor, Tensor | None],
 ) -> Callable[[], None]:
-    """:func:`detection_bins` added into the int64 counts ``into`` (hits, non-hits, noise hits)
-    when the returned function is called: the arguments are made ready here, and the call
-    itself runs without the GIL, so a second thread calling it holds the GIL for next to no
-    time."""
+    """The detection bin counts ``(G + 1,)`` of the hits, non-hits and (with ``noisy``) noise hits,
+    added into the int64 counts ``into`` when the returned function is called: the arguments
+    are made ready here, and the call itself runs without the GIL, so a second thread calling
+    it holds the GIL for next to no time.
+
+    ``edges``: the ``G`` thresholds rounded down into the dtype that ``x`` is binned in (+inf
+    appended for an evenly spaced grid); ``linear``: ``(inverse_step, low, high)``, the offsets
+    of the two arithmetic guesses of such a grid (the count or one less, the count or one
+    more), None for a binary search.
+    """
     if not x.numel():
         return lambda: None
     inverse_step, low, high = linear if linear is not None else (0.0, 0.0, 0.0)

@@ -271,14 +271,9 @@ def detection_stats(
     hit_threshold``), the non-hits and, given ``noisy`` (the network's input), the noise hits
     (``|noisy| > hit_threshold`` where the target is a non-hit)."""
     if _native_pass.applies(input, target, noisy):  # every bin in one pass over the elements
-        values = _binned(input.detach())
-        linear = _by_arithmetic(values.dtype, grid)
-        edges = _edges_in(values.dtype, grid, values.device)[: len(grid) + linear]
-        hits, nonhits, noise_bins = _native_pass.detection_bins(
-            values, target.detach(), edges, linear=_two_guesses(values.dtype, grid) if linear else None,
-            hit_threshold=hit_threshold, noisy=None if noisy is None else noisy.detach(),
-        )  # fmt: skip
-        return DetectionStats(hits, nonhits, noise_bins)
+        stats = DetectionStats.zeros(grid, noise=noisy is not None)
+        detection_adder(stats, input, target, grid, hit_threshold=hit_threshold, noisy=noisy)()
+        return stats
     x, truth = input.reshape(-1), hit_mask(target.reshape(-1), hit_threshold)
     bins = len(grid) + 1
     key = count_below(x, grid).add_(truth, alpha=bins)  # the hits' bins after the non-hits'

@@ -370,9 +370,11 @@ def test_detection_bins_leave_out_what_the_mask_drops(dtype: torch.dtype) -> Non
     grid = ThresholdGrid.linspace(0.0, 5.0, 21)
     edges = torch.tensor([threshold_in(dtype, t) for t in grid.values] + [math.inf], dtype=torch.float64)
     step = 5.0 / 20
-    hits, nonhits, noise = _native_pass.detection_bins(
-        x, y, edges, linear=(1 / step, 1 - 0.125, 1 + 0.125), hit_threshold=0.25, noisy=noisy, mask=keep
-    )
+    hits, nonhits, noise = (torch.zeros(len(grid) + 1, dtype=torch.int64) for _ in range(3))
+    _native_pass.bins_adder(
+        x, y, edges, linear=(1 / step, 1 - 0.125, 1 + 0.125), hit_threshold=0.25, noisy=noisy, mask=keep,
+        into=(hits, nonhits, noise),
+    )()  # fmt: skip
     kept = keep.numpy()
     xs, truth = x.to(torch.float64).numpy(), np.abs(y.to(torch.float64).numpy()) > 0.25
     is_noise = (np.abs(noisy.to(torch.float64).numpy()) > 0.25) & ~truth
