@@ -1359,7 +1359,8 @@ class _GridWatch:
         again = _Plan(curve=final.curve)
         accumulators = [_Accumulator(self.options, inputs, again, p) for p in inputs.preds]
         computers = [_ChunkComputer(self.options, inputs, again, p) for p in inputs.preds]
-        _on_every_rank(lambda: _stream(inputs, computers, accumulators, redo, lambda _: None))
+        if redo or _distributed.world()[1] > 1:  # every rank takes part in the agreement on errors
+            _on_every_rank(lambda: _stream(inputs, computers, accumulators, redo, lambda _: None))
         for total, accumulator in zip(totals, accumulators, strict=True):
             if final != self.plan:
                 total.curve = accumulator.totals.curve

@@ -168,7 +168,7 @@ def _binned(values: Tensor) -> Tensor:
     return values
 
 
-def _linear_guess(grid: ThresholdGrid, margin: float = 0.125) -> tuple[float, float]:
+def _linear_guess(grid: ThresholdGrid, margin: float) -> tuple[float, float]:
     """``(1 / step, offset)`` of the guess ``floor(v / step + offset)`` of an evenly spaced grid,
     taken ``margin`` bins below the count (``-margin``: above it)."""
     n = len(grid)
