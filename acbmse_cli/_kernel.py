@@ -14,7 +14,6 @@ into a pass over the data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
@@ -30,7 +29,7 @@ def weighted_squares(
     x: Tensor,
     y: Tensor,
     member: Membership,
-    weights: Sequence[float],
+    weights: tuple[float, ...],
     *,
     global_counts: bool = False,
     per_element: bool = False,
@@ -43,8 +42,8 @@ def weighted_squares(
     ranks of the process group.
     """
     if torch.compiler.is_compiling():
-        return _plain(x, y, member, tuple(weights), global_counts=global_counts, per_element=per_element)
-    out = _WeightedSquares.apply(x, y, member, tuple(weights), global_counts, per_element)  # type: ignore[no-untyped-call]
+        return _plain(x, y, member, weights, global_counts=global_counts, per_element=per_element)
+    out = _WeightedSquares.apply(x, y, member, weights, global_counts, per_element)  # type: ignore[no-untyped-call]
     return cast(tuple[Tensor, Tensor], out)
 
 
@@ -127,7 +126,7 @@ def _plain(
     and counts (one fused pass over the data), then the weights."""
     masks = member.masks()
     square = member.masked(x - y) ** 2
-    count = torch.stack([_blocked_count(m) for m in masks], dim=1)
+    count = _class_counts(member, masks)
     coef = class_coefficients(all_reduce(count) if global_counts else count, weights, x.dtype)
     if per_element:
         each = torch.zeros_like(square)
@@ -136,6 +135,15 @@ def _plain(
         return each * square, count
     sse = torch.stack([_blocked_sum(torch.where(m, square, 0.0)) for m in masks], dim=1)
     return (sse * coef).sum(dim=1), count
+
+
+def _class_counts(member: Membership, masks: list[Tensor]) -> Tensor:
+    """``(S, K)`` int64 counts of the classes' ``masks``.  With the two default classes and no
+    mask the non-hits are the rest of the row, as in the eager kernel: one sum less in the pass."""
+    if member.labels is None and member.mask is None:
+        hits = _blocked_count(masks[1])
+        return torch.stack([masks[1].shape[1] - hits, hits], dim=1)
+    return torch.stack([_blocked_count(m) for m in masks], dim=1)
 
 
 #: Block lengths of the compiled sums, longest first: the compiler's code for a reduction of
@@ -148,7 +156,10 @@ def _block(width: int) -> int | None:
     """The longest block that divides rows of ``width`` (``None``: the rows are summed whole).
     Only a block that divides the row: a tail sliced off would turn the backward's one pass into
     index arithmetic on every element."""
-    return next((b for b in _BLOCKS if width % b == 0), None)
+    for block in _BLOCKS:
+        if width % block == 0:
+            return block
+    return None
 
 
 def _blocked_sum(values: Tensor) -> Tensor:
