@@ -76,6 +76,12 @@ def render(results: dict[str, Any]) -> None:
         ),
         ("acb_mse_loss mask", f"({loss['mask_to_default']:.2f}x default, 1% dead pixels)", None),
         ("acb_mse_loss compiled", "<= 1.15x", ratio["acb_mse_loss compiled"] <= 1.15),
+        ("nn.MSELoss compiled", f"(reference: ours {loss['compiled_to_compiled_mse']:.2f}x it)", None),
+        (
+            "two-class formula compiled",
+            f"(reference: ours {loss['compiled_to_formula']:.2f}x it)",
+            None,
+        ),
         (
             "acb-mse 1.0.6",
             f"ours >= 10x faster ({loss['speedup_over_acb_mse_1_0_6']:.1f}x)",
